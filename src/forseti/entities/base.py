@@ -1,0 +1,193 @@
+"""The :class:`Entity` base: system fields (defined here, once), drafts, and the type registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
+from uuid import UUID, uuid4
+
+import pydantic
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import UnknownEntityTypeError, ValidationError
+from .refs import EntityRef
+
+__all__ = ["Entity", "SYSTEM_FIELDS", "entity_type", "entity_types", "utcnow"]
+
+logger = logging.getLogger(__name__)
+
+_TYPES: dict[str, type[Entity]] = {}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class Entity(BaseModel):
+    """A versioned, immutable entity with lineage.
+
+    Subclass it and add fields; give the subclass a stable ``entity_type`` name (stored with every
+    version so it loads back as the right class). Without one, the type name is
+    ``"<module>.<qualname>"``.
+
+    The system fields below are set by Forseti: ``evolve()`` makes the next version's draft, and only
+    the registry turns a draft into a committed version.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    entity_type: ClassVar[str] = "forseti.Entity"
+
+    id: UUID = Field(default_factory=uuid4, description="this version's id")
+    lineage_id: UUID = Field(default_factory=uuid4, description="stable identity across versions")
+    version: int = Field(default=1, ge=1, description="1, 2, 3 … within the lineage")
+    previous_id: UUID | None = Field(default=None, description="the version this one came from")
+    created_at: AwareDatetime = Field(default_factory=utcnow, description="UTC")
+    derived_from: tuple[EntityRef, ...] = Field(
+        default=(), description="provenance: the exact input versions that produced this one"
+    )
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError.from_pydantic(exc, type(self).__name__) from None
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = cls.__dict__.get("entity_type")
+        if not name:
+            name = f"{cls.__module__}.{cls.__qualname__}"
+            cls.entity_type = name
+        if not isinstance(name, str):
+            raise TypeError(f"{cls.__name__}.entity_type must be a string")
+        known = _TYPES.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise TypeError(
+                f"entity type name {name!r} is already used by "
+                f"{known.__module__}.{known.__qualname__}; give {cls.__qualname__} its own "
+                f"entity_type"
+            )
+        # Re-defining the same class (a re-run notebook cell) replaces the old definition.
+        _TYPES[name] = cls
+
+    @model_validator(mode="after")
+    def _check_system_fields(self) -> Self:
+        if self.created_at.utcoffset() != UTC.utcoffset(None):
+            object.__setattr__(self, "created_at", self.created_at.astimezone(UTC))
+        if (self.version == 1) != (self.previous_id is None):
+            raise ValueError("previous_id is set exactly when version > 1")
+        return self
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def ref(self) -> EntityRef:
+        """This exact version as an :class:`EntityRef`."""
+        return EntityRef(self.lineage_id, self.version)
+
+    @classmethod
+    def user_fields(cls) -> tuple[str, ...]:
+        """The fields a user sets (everything except the system fields)."""
+        return tuple(f for f in cls.model_fields if f not in SYSTEM_FIELDS)
+
+    def references(self) -> Iterator[tuple[str, EntityRef]]:
+        """Every ``(relation, ref)`` this version points at: ``derived_from`` and ref fields.
+
+        The registry records each as a provenance edge, so a checkpoint's ``run`` and ``model``
+        show up in ``ancestors()`` without being repeated in ``derived_from``.
+        """
+        for ref in self.derived_from:
+            yield "derived_from", ref
+        for name in self.user_fields():
+            value = getattr(self, name)
+            if isinstance(value, EntityRef):
+                yield name, value
+            elif isinstance(value, tuple):
+                for item in value:
+                    if isinstance(item, EntityRef):
+                        yield name, item
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def evolve(self, **changes: Any) -> Self:
+        """Return a draft of the next version with ``changes`` applied.
+
+        The draft has a new ``id``, ``version + 1``, ``previous_id = self.id`` and a fresh
+        ``created_at``; ``derived_from`` is empty unless given. Nothing is stored until
+        ``registry.commit(draft)``.
+        """
+        fixed = (set(changes) & set(SYSTEM_FIELDS)) - {"derived_from"}
+        if fixed:
+            raise ValidationError(
+                f"{', '.join(sorted(fixed))} {'is a system field' if len(fixed) == 1 else 'are system fields'}"
+                " set by evolve(); only derived_from may be given"
+            )
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise ValidationError(
+                f"{type(self).__name__} has no field(s) {', '.join(sorted(unknown))}; "
+                f"fields are: {', '.join(self.user_fields())}"
+            )
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        data.update(changes)
+        data.update(
+            id=uuid4(),
+            version=self.version + 1,
+            previous_id=self.id,
+            created_at=utcnow(),
+            derived_from=changes.get("derived_from", ()),
+        )
+        return type(self)(**data)
+
+    # -- storage -----------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """The JSON-compatible state stored for this version (system fields included)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Entity:
+        """Rebuild a stored version as its registered class (``cls`` when called on a subclass)."""
+        try:
+            return cls.model_validate(state)
+        except pydantic.ValidationError as exc:
+            raise ValidationError.from_pydantic(exc, cls.__name__) from None
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in ("id", "lineage_id", "previous_id") and isinstance(value, UUID):
+                yield name, f"{str(value)[:8]}…"
+            elif name == "created_at":
+                continue
+            else:
+                yield name, value
+
+
+SYSTEM_FIELDS: tuple[str, ...] = tuple(Entity.model_fields)
+"""The system fields every version carries, in declaration order (the one definition)."""
+
+_TYPES["forseti.Entity"] = Entity
+
+
+def entity_type(name: str) -> type[Entity]:
+    """The entity class registered under ``name``; :class:`UnknownEntityTypeError` if none."""
+    try:
+        return _TYPES[name]
+    except KeyError:
+        raise UnknownEntityTypeError(
+            f"entity type {name!r} is not registered in this process; import the module that "
+            f"defines it before loading versions of it"
+        ) from None
+
+
+def entity_types(base: type[Entity] = Entity) -> dict[str, type[Entity]]:
+    """All registered type names whose class is ``base`` or a subclass of it."""
+    return {name: cls for name, cls in _TYPES.items() if issubclass(cls, base)}

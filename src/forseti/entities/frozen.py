@@ -1,0 +1,115 @@
+"""Deeply immutable JSON-like values for entity fields.
+
+A frozen pydantic model still lets ``entity.params["lr"] = 1`` mutate a dict inside it, which would
+silently rewrite history that other readers share. Entity fields that hold mappings use these types
+instead: dicts become :class:`FrozenDict`, lists become tuples, all the way down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, NonNegativeInt, PlainSerializer
+
+__all__ = ["FrozenDict", "deep_freeze", "thaw", "JSONMap", "FloatMap", "IntMap"]
+
+
+class FrozenDict(Mapping[str, Any]):
+    """An immutable, hashable mapping with string keys."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        merged = dict(data or {}, **kwargs)
+        object.__setattr__(self, "_data", merged)
+        object.__setattr__(self, "_hash", None)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(frozenset(self._data.items())))
+        return self._hash  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._data) == dict(other)
+        return NotImplemented
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenDict is immutable")
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+def deep_freeze(value: Any, _path: str = "") -> Any:
+    """Return ``value`` with dicts turned into FrozenDicts and lists into tuples, recursively.
+
+    Only JSON-like values are accepted (str, int, float, bool, None, mappings with str keys,
+    sequences); anything else raises ``ValueError`` naming where it was found.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"keys must be strings, got {k!r} at {_path or '<root>'}")
+            out[k] = deep_freeze(v, f"{_path}.{k}" if _path else k)
+        return FrozenDict(out)
+    if isinstance(value, (list, tuple)):
+        return tuple(deep_freeze(v, f"{_path}[{i}]") for i, v in enumerate(value))
+    raise ValueError(
+        f"only JSON-like values (str, int, float, bool, None, dict, list) are allowed, "
+        f"got {type(value).__name__} at {_path or '<root>'}"
+    )
+
+
+def thaw(value: Any) -> Any:
+    """Inverse of :func:`deep_freeze`: plain dicts and lists, ready to serialize."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def _freeze_floats(value: Mapping[str, float]) -> FrozenDict:
+    for k, v in value.items():
+        if math.isnan(v):
+            raise ValueError(f"{k} is NaN")
+    return FrozenDict(value)
+
+
+JSONMap = Annotated[
+    Mapping[str, Any],
+    AfterValidator(deep_freeze),
+    PlainSerializer(thaw, return_type=dict),
+]
+"""A deeply frozen JSON-like mapping (hyper-parameters, free-form metadata)."""
+
+FloatMap = Annotated[
+    Mapping[str, float],
+    AfterValidator(_freeze_floats),
+    PlainSerializer(dict, return_type=dict),
+]
+"""A frozen mapping of names to finite-or-infinite (never NaN) floats, e.g. metrics."""
+
+IntMap = Annotated[
+    Mapping[str, NonNegativeInt],
+    AfterValidator(FrozenDict),
+    PlainSerializer(dict, return_type=dict),
+]
+"""A frozen mapping of names to non-negative integers, e.g. split sizes."""

@@ -1,0 +1,79 @@
+"""References: to an entity version (:class:`EntityRef`) and to a stored blob (:class:`BlobRef`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["EntityRef", "BlobRef"]
+
+
+class _EntityRefFields(NamedTuple):
+    lineage_id: UUID
+    version: int
+
+
+class EntityRef(_EntityRefFields):
+    """An exact entity version: ``(lineage_id, version)``.
+
+    A tuple, so it is hashable, cheap, and works as a field of pydantic entities and of msgspec
+    events alike.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, lineage_id: UUID | str, version: int) -> EntityRef:
+        if not isinstance(lineage_id, UUID):
+            try:
+                lineage_id = UUID(str(lineage_id))
+            except ValueError:
+                raise ValueError(f"EntityRef.lineage_id must be a UUID, got {lineage_id!r}") from None
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"EntityRef.version must be an integer >= 1, got {version!r}")
+        return super().__new__(cls, lineage_id, version)
+
+    def __repr__(self) -> str:
+        return f"EntityRef({str(self.lineage_id)[:8]}…, v{self.version})"
+
+    def __str__(self) -> str:
+        return f"{self.lineage_id}@{self.version}"
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
+
+
+class BlobRef(BaseModel):
+    """A content-addressed blob: its sha256 (hex), size in bytes and format (``safetensors``...).
+
+    Blobs hold what must never sit inside an entity row (weights, optimizer state, data shards).
+    Every read verifies the bytes against ``sha256`` and ``size``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str = Field(description="lower-case hex sha256 of the content")
+    size: int = Field(ge=0, description="size of the content in bytes")
+    format: str = Field(default="bin", description="content format, e.g. 'safetensors', 'onnx', 'gguf'")
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _check_sha(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.lower()
+            if not _SHA256.match(v):
+                raise ValueError("sha256 must be 64 hex digits")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _check_format(cls, v: str) -> str:
+        if not _FORMAT.match(v):
+            raise ValueError("format must be a short lower-case name like 'safetensors'")
+        return v
+
+    def __str__(self) -> str:
+        return f"{self.format}:{self.sha256[:12]}…({self.size} B)"

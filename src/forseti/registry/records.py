@@ -1,0 +1,80 @@
+"""Plain records exchanged between the registry and a store.
+
+The registry validates and encodes; a store only persists records and answers queries, so every
+backend shares one definition of what is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+__all__ = ["VersionRecord", "EdgeRecord", "EventRecord", "AliasRecord", "WriteBatch", "GraphHit"]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One stored entity version (a row of ``entity_versions``)."""
+
+    id: UUID
+    lineage_id: UUID
+    version: int
+    previous_id: UUID | None
+    type_name: str
+    name: str | None
+    state: bytes
+    state_hash: str
+    created_at: datetime
+    op_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRecord:
+    """A provenance edge from an input version (``src_id``) to the version it produced."""
+
+    src_id: UUID
+    dst_id: UUID
+    relation: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event written to the log; ``seq`` is assigned by the store in commit order."""
+
+    event_id: UUID
+    topic: str
+    payload: bytes
+    recorded_at: datetime
+    lineage_id: UUID | None = None
+    version: int | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRecord:
+    """A named pointer to one version of a lineage, moved only by compare-and-set."""
+
+    lineage_id: UUID
+    alias: str
+    version: int
+    revision: int
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one commit writes, in one transaction: all of it or none of it."""
+
+    versions: list[VersionRecord] = field(default_factory=list)
+    edges: list[EdgeRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphHit:
+    """A version reached by a provenance traversal, with its distance from the start."""
+
+    id: UUID
+    lineage_id: UUID
+    version: int
+    depth: int

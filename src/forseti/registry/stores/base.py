@@ -1,0 +1,179 @@
+"""The store contract every backend (memory, SQLite, PostgreSQL) implements.
+
+A store persists :mod:`records <forseti.registry.records>` and answers queries; it never builds
+entities. One contract test suite runs against every implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from uuid import UUID
+
+from ...errors import ConflictError, NotFoundError, ValidationError
+from ..records import AliasRecord, EventRecord, GraphHit, VersionRecord, WriteBatch
+
+__all__ = ["Store", "check_append", "check_new_lineage", "walk_graph"]
+
+
+class Store(ABC):
+    """Persistence for entity versions, provenance, aliases and events.
+
+    All methods are synchronous and thread-safe. ``write`` is one transaction: every record of the
+    batch is written, or none is.
+    """
+
+    #: ``"memory"``, ``"sqlite"`` or ``"postgresql"``
+    dialect: str = ""
+    #: whether ``aclose``/async callers should hop to a worker thread (blocking I/O)
+    blocking: bool = True
+
+    @abstractmethod
+    def write(self, batch: WriteBatch) -> list[EventRecord]:
+        """Append the batch atomically; return its events with their ``seq`` assigned.
+
+        Raises :class:`ConflictError` when a version is not the next one of its lineage (or a new
+        lineage already exists), :class:`NotFoundError` for an unknown lineage,
+        :class:`ValidationError` for a draft that does not derive from the stored head or changes
+        the lineage's type, and :class:`DuplicateOperationError` for an ``op_id`` already stored.
+        """
+
+    @abstractmethod
+    def head(self, lineage_id: UUID) -> VersionRecord | None:
+        """The newest version of a lineage, or ``None`` if the lineage does not exist."""
+
+    @abstractmethod
+    def get_version(self, lineage_id: UUID, version: int) -> VersionRecord | None:
+        """One exact version, or ``None``."""
+
+    @abstractmethod
+    def get_by_id(self, version_id: UUID) -> VersionRecord | None:
+        """The version with this id, or ``None``."""
+
+    @abstractmethod
+    def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
+        """The versions an operation wrote (empty if the op_id was never committed)."""
+
+    @abstractmethod
+    def history(self, lineage_id: UUID) -> list[VersionRecord]:
+        """Every version of a lineage, oldest first (empty if the lineage does not exist)."""
+
+    @abstractmethod
+    def find_heads(self, type_names: Sequence[str], name: str | None = None) -> list[VersionRecord]:
+        """Head versions of the lineages of these types (and this name), oldest lineage first."""
+
+    @abstractmethod
+    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
+        """Every edge reachable from ``start_id``: ``(from_id, to_id, to_version, to_lineage)``.
+
+        ``direction`` is ``"up"`` (towards inputs: ancestors) or ``"down"`` (towards outputs:
+        descendants); ``from_id`` is the end nearer the start.
+        """
+
+    @abstractmethod
+    def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
+        """The alias, or ``None``."""
+
+    @abstractmethod
+    def list_aliases(self, lineage_id: UUID) -> list[AliasRecord]:
+        """All aliases of a lineage, by name."""
+
+    @abstractmethod
+    def set_alias(
+        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+    ) -> AliasRecord:
+        """Point ``alias`` at ``version`` by compare-and-set.
+
+        ``expected_revision=None`` creates the alias and fails if it exists; otherwise the stored
+        revision must equal it. Raises :class:`ConflictError` when the check fails and
+        :class:`NotFoundError` when the version does not exist.
+        """
+
+    @abstractmethod
+    def read_events(
+        self,
+        since_seq: int = 0,
+        topic: str | None = None,
+        lineage_id: UUID | None = None,
+        limit: int | None = None,
+    ) -> list[EventRecord]:
+        """Events with ``seq > since_seq`` in commit order, optionally filtered."""
+
+    def changed_externally(self) -> bool:
+        """Whether another writer may have changed the store since this process last looked.
+
+        Caches of head versions are trusted only while this returns ``False``. The default is the
+        safe answer.
+        """
+        return True
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and threads; idempotent."""
+
+    def describe(self) -> str:
+        """A human-readable, password-free description of where the data lives."""
+        return self.dialect
+
+
+def check_new_lineage(rec: VersionRecord, existing_head: int | None) -> None:
+    """Validate that ``rec`` (a version 1) may start its lineage."""
+    if existing_head is not None:
+        raise ConflictError(
+            f"lineage {rec.lineage_id} already exists (head is version {existing_head}); "
+            f"commit a draft made with evolve() instead of adding it again",
+            lineage_id=rec.lineage_id,
+            expected=0,
+            actual=existing_head,
+        )
+
+
+def check_append(
+    rec: VersionRecord, head: tuple[int, UUID, str] | None
+) -> None:
+    """Validate that ``rec`` is the next version after ``head = (version, id, type_name)``."""
+    if head is None:
+        raise NotFoundError(f"lineage {rec.lineage_id} does not exist; add() its first version")
+    head_version, head_id, head_type = head
+    expected = rec.version - 1
+    if head_version != expected:
+        raise ConflictError(
+            f"lineage {rec.lineage_id}: the draft expects head version {expected} but the head is "
+            f"version {head_version}; reload the head and evolve it again",
+            lineage_id=rec.lineage_id,
+            expected=expected,
+            actual=head_version,
+        )
+    if head_id != rec.previous_id:
+        raise ValidationError(
+            f"lineage {rec.lineage_id}: the draft's previous_id {rec.previous_id} is not the id of "
+            f"stored version {expected} ({head_id}); make drafts with evolve()"
+        )
+    if head_type != rec.type_name:
+        raise ValidationError(
+            f"lineage {rec.lineage_id} holds {head_type!r} entities, not {rec.type_name!r}"
+        )
+
+
+def walk_graph(
+    start_id: UUID, edges: Iterable[tuple[UUID, UUID, int, UUID]], max_depth: int | None
+) -> list[GraphHit]:
+    """Breadth-first order and depth for the edges a store returned from ``graph_edges``."""
+    adjacency: dict[UUID, list[tuple[UUID, int, UUID]]] = {}
+    for frm, to, version, lineage in edges:
+        adjacency.setdefault(frm, []).append((to, version, lineage))
+    seen = {start_id}
+    out: list[GraphHit] = []
+    frontier = [start_id]
+    depth = 0
+    while frontier and (max_depth is None or depth < max_depth):
+        depth += 1
+        nxt: list[UUID] = []
+        for node in frontier:
+            for to, version, lineage in adjacency.get(node, ()):
+                if to not in seen:
+                    seen.add(to)
+                    nxt.append(to)
+                    out.append(GraphHit(to, lineage, version, depth))
+        frontier = nxt
+    return out

@@ -1,0 +1,428 @@
+"""The embedded default: SQLite through the stdlib driver, WAL mode, one connection per thread.
+
+Write transactions start with ``BEGIN IMMEDIATE`` (a deferred ``BEGIN`` that reads then writes
+fails under contention with ``database is locked``), so the head check and the insert happen under
+the write lock; the ``(lineage_id, version)`` primary key remains the final OCC check.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+from ...errors import (
+    ConflictError,
+    DuplicateOperationError,
+    IntegrityError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreClosedError,
+    ValidationError,
+)
+from ..records import AliasRecord, EventRecord, VersionRecord, WriteBatch
+from ..schema import SCHEMA_VERSION, ddl_statements
+from .base import Store, check_append, check_new_lineage
+
+__all__ = ["SQLiteStore"]
+
+logger = logging.getLogger(__name__)
+
+_VERSION_COLS = "id, lineage_id, version, previous_id, type, state, state_hash, created_at, op_id"
+
+
+def _ts(dt: datetime) -> str:
+    # SQLAlchemy's SQLite DATETIME format, in UTC
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _uuid(text: str | None) -> UUID | None:
+    return None if text is None else UUID(hex=text)
+
+
+class SQLiteStore(Store):
+    """A SQLite file (WAL, ``synchronous=NORMAL``), safe across threads and processes."""
+
+    dialect = "sqlite"
+    blocking = True
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        self._bootstrap()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreClosedError(f"the SQLite store at {self.path} is closed")
+        conn = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._local.conn = conn
+        self._local.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def _bootstrap(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='forseti_schema'"
+            ).fetchone()
+            if exists:
+                row = conn.execute("SELECT version FROM forseti_schema WHERE singleton=1").fetchone()
+                found = row[0] if row else None
+                if found is not None and found > SCHEMA_VERSION:
+                    raise SchemaVersionError(
+                        f"{self.path} was written by a newer Forseti (schema {found}); this version "
+                        f"understands schema {SCHEMA_VERSION}: upgrade forseti to open it"
+                    )
+            for stmt in ddl_statements("sqlite"):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO forseti_schema (singleton, version) VALUES (1, ?)",
+                (SCHEMA_VERSION,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self.close()
+            raise
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> list[EventRecord]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = self._write(conn, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
+    def _write(self, conn: sqlite3.Connection, batch: WriteBatch) -> list[EventRecord]:
+        for rec in batch.versions:
+            lid = rec.lineage_id.hex
+            row = conn.execute(
+                "SELECT version, id, type FROM entity_versions WHERE lineage_id=? "
+                "ORDER BY version DESC LIMIT 1",
+                (lid,),
+            ).fetchone()
+            if rec.version == 1:
+                check_new_lineage(rec, row[0] if row else None)
+                conn.execute(
+                    "INSERT INTO lineages (lineage_id, kind, name, created_at) VALUES (?, ?, ?, ?)",
+                    (lid, rec.type_name, rec.name, _ts(rec.created_at)),
+                )
+            else:
+                check_append(rec, (row[0], UUID(hex=row[1]), row[2]) if row else None)
+            try:
+                conn.execute(
+                    f"INSERT INTO entity_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        rec.id.hex,
+                        lid,
+                        rec.version,
+                        rec.previous_id.hex if rec.previous_id else None,
+                        rec.type_name,
+                        rec.state,
+                        rec.state_hash,
+                        _ts(rec.created_at),
+                        rec.op_id,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _map_integrity(exc, rec) from None
+        if batch.edges:
+            conn.executemany(
+                "INSERT OR IGNORE INTO provenance_edges (src_id, dst_id, relation) VALUES (?,?,?)",
+                [(e.src_id.hex, e.dst_id.hex, e.relation) for e in batch.edges],
+            )
+        out = []
+        for ev in batch.events:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO events (event_id, lineage_id, version, topic, payload, recorded_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (
+                        ev.event_id.hex,
+                        ev.lineage_id.hex if ev.lineage_id else None,
+                        ev.version,
+                        ev.topic,
+                        ev.payload,
+                        _ts(ev.recorded_at),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise ValidationError(f"event {ev.event_id} is already in the log") from None
+            out.append(replace(ev, seq=cur.lastrowid))
+        return out
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _version(self, row: tuple | None) -> VersionRecord | None:  # type: ignore[type-arg]
+        if row is None:
+            return None
+        return VersionRecord(
+            id=UUID(hex=row[0]),
+            lineage_id=UUID(hex=row[1]),
+            version=row[2],
+            previous_id=_uuid(row[3]),
+            type_name=row[4],
+            name=None,
+            state=row[5],
+            state_hash=row[6],
+            created_at=_dt(row[7]),
+            op_id=row[8],
+        )
+
+    def head(self, lineage_id: UUID) -> VersionRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE lineage_id=? "
+            "ORDER BY version DESC LIMIT 1",
+            (lineage_id.hex,),
+        ).fetchone()
+        return self._version(row)
+
+    def get_version(self, lineage_id: UUID, version: int) -> VersionRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE lineage_id=? AND version=?",
+            (lineage_id.hex, version),
+        ).fetchone()
+        return self._version(row)
+
+    def get_by_id(self, version_id: UUID) -> VersionRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE id=?", (version_id.hex,)
+        ).fetchone()
+        return self._version(row)
+
+    def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
+        rows = self._conn().execute(
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE op_id=?", (op_id,)
+        ).fetchall()
+        return [self._version(r) for r in rows]  # type: ignore[misc]
+
+    def history(self, lineage_id: UUID) -> list[VersionRecord]:
+        rows = self._conn().execute(
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE lineage_id=? ORDER BY version",
+            (lineage_id.hex,),
+        ).fetchall()
+        return [self._version(r) for r in rows]  # type: ignore[misc]
+
+    def find_heads(self, type_names: Sequence[str], name: str | None = None) -> list[VersionRecord]:
+        if not type_names:
+            return []
+        marks = ",".join("?" * len(type_names))
+        params: list[object] = list(type_names)
+        where = f"l.kind IN ({marks})"
+        if name is not None:
+            where += " AND l.name = ?"
+            params.append(name)
+        cols = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLS.split(","))
+        rows = self._conn().execute(
+            f"SELECT {cols} FROM lineages l JOIN entity_versions v ON v.lineage_id = l.lineage_id "
+            f"AND v.version = (SELECT max(version) FROM entity_versions WHERE lineage_id = "
+            f"l.lineage_id) WHERE {where} ORDER BY l.created_at, l.lineage_id",
+            params,
+        ).fetchall()
+        return [self._version(r) for r in rows]  # type: ignore[misc]
+
+    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
+        near, far = ("dst_id", "src_id") if direction == "up" else ("src_id", "dst_id")
+        rows = self._conn().execute(
+            f"WITH RECURSIVE walk(near, far) AS ("
+            f" SELECT {near}, {far} FROM provenance_edges WHERE {near} = ?"
+            f" UNION SELECT e.{near}, e.{far} FROM provenance_edges e JOIN walk w ON e.{near} = w.far"
+            f") SELECT w.near, w.far, v.version, v.lineage_id FROM walk w "
+            f"JOIN entity_versions v ON v.id = w.far",
+            (start_id.hex,),
+        ).fetchall()
+        lineages: dict[str, UUID] = {}
+        ids: dict[str, UUID] = {}
+
+        def uid(text: str, cache: dict[str, UUID]) -> UUID:
+            u = cache.get(text)
+            if u is None:
+                u = cache[text] = UUID(hex=text)
+            return u
+
+        return [(uid(a, ids), uid(b, ids), v, uid(lid, lineages)) for a, b, v, lid in rows]
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
+        row = self._conn().execute(
+            "SELECT version, revision FROM aliases WHERE lineage_id=? AND alias=?",
+            (lineage_id.hex, alias),
+        ).fetchone()
+        return AliasRecord(lineage_id, alias, row[0], row[1]) if row else None
+
+    def list_aliases(self, lineage_id: UUID) -> list[AliasRecord]:
+        rows = self._conn().execute(
+            "SELECT alias, version, revision FROM aliases WHERE lineage_id=? ORDER BY alias",
+            (lineage_id.hex,),
+        ).fetchall()
+        return [AliasRecord(lineage_id, a, v, r) for a, v, r in rows]
+
+    def set_alias(
+        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+    ) -> AliasRecord:
+        conn = self._conn()
+        lid = lineage_id.hex
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not conn.execute(
+                "SELECT 1 FROM entity_versions WHERE lineage_id=? AND version=?", (lid, version)
+            ).fetchone():
+                raise NotFoundError(f"lineage {lineage_id} has no version {version}")
+            if expected_revision is None:
+                try:
+                    conn.execute(
+                        "INSERT INTO aliases (lineage_id, alias, version, revision) VALUES (?,?,?,1)",
+                        (lid, alias, version),
+                    )
+                except sqlite3.IntegrityError:
+                    actual = self._alias_revision(conn, lid, alias)
+                    raise _alias_conflict(lineage_id, alias, None, actual) from None
+                new = 1
+            else:
+                cur = conn.execute(
+                    "UPDATE aliases SET version=?, revision=revision+1 "
+                    "WHERE lineage_id=? AND alias=? AND revision=?",
+                    (version, lid, alias, expected_revision),
+                )
+                if cur.rowcount != 1:
+                    actual = self._alias_revision(conn, lid, alias)
+                    raise _alias_conflict(lineage_id, alias, expected_revision, actual)
+                new = expected_revision + 1
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return AliasRecord(lineage_id, alias, version, new)
+
+    @staticmethod
+    def _alias_revision(conn: sqlite3.Connection, lid: str, alias: str) -> int | None:
+        row = conn.execute(
+            "SELECT revision FROM aliases WHERE lineage_id=? AND alias=?", (lid, alias)
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def read_events(
+        self,
+        since_seq: int = 0,
+        topic: str | None = None,
+        lineage_id: UUID | None = None,
+        limit: int | None = None,
+    ) -> list[EventRecord]:
+        sql = (
+            "SELECT seq, event_id, lineage_id, version, topic, payload, recorded_at FROM events "
+            "WHERE seq > ?"
+        )
+        params: list[object] = [since_seq]
+        if topic is not None:
+            sql += " AND topic = ?"
+            params.append(topic)
+        if lineage_id is not None:
+            sql += " AND lineage_id = ?"
+            params.append(lineage_id.hex)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            EventRecord(
+                event_id=UUID(hex=eid),
+                topic=top,
+                payload=payload,
+                recorded_at=_dt(rec),
+                lineage_id=_uuid(lid),
+                version=ver,
+                seq=seq,
+            )
+            for seq, eid, lid, ver, top, payload, rec in self._conn().execute(sql, params)
+        ]
+
+    # -- cache coherence, lifecycle ------------------------------------------------------------
+
+    def changed_externally(self) -> bool:
+        conn = self._conn()
+        current = conn.execute("PRAGMA data_version").fetchone()[0]
+        if current != self._local.data_version:
+            self._local.data_version = current
+            return True
+        return False
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                logger.debug("error closing a SQLite connection", exc_info=True)
+        self._local = threading.local()
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+def _map_integrity(exc: sqlite3.IntegrityError, rec: VersionRecord) -> Exception:
+    text = str(exc)
+    if "entity_versions.op_id" in text:
+        return DuplicateOperationError(
+            f"operation {rec.op_id!r} was already committed", op_id=rec.op_id or ""
+        )
+    if "entity_versions.id" in text:
+        return ValidationError(f"a version with id {rec.id} is already stored")
+    if "entity_versions.lineage_id" in text:
+        return ConflictError(
+            f"lineage {rec.lineage_id}: version {rec.version} was committed concurrently",
+            lineage_id=rec.lineage_id,
+            expected=rec.version - 1,
+            actual=None,
+        )
+    return IntegrityError(f"the store refused version {rec.version} of {rec.lineage_id}: {text}")
+
+
+def _alias_conflict(
+    lineage_id: UUID, alias: str, expected: int | None, actual: int | None
+) -> ConflictError:
+    what = "does not exist" if actual is None else f"is at revision {actual}"
+    return ConflictError(
+        f"alias {alias!r} of lineage {lineage_id} {what}, not "
+        f"{'absent' if expected is None else f'revision {expected}'}",
+        lineage_id=lineage_id,
+        expected=expected,
+        actual=actual,
+    )
