@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
@@ -91,7 +92,8 @@ class Entity(BaseModel):
     @property
     def ref(self) -> EntityRef:
         """This exact version as an :class:`EntityRef`."""
-        return EntityRef(self.lineage_id, self.version)
+        # the fields are validated already: skip EntityRef's checks (hot path)
+        return tuple.__new__(EntityRef, (self.lineage_id, self.version))  # type: ignore[arg-type]
 
     @classmethod
     def user_fields(cls) -> tuple[str, ...]:
@@ -106,7 +108,7 @@ class Entity(BaseModel):
         """
         for ref in self.derived_from:
             yield "derived_from", ref
-        for name in self.user_fields():
+        for name in _ref_fields(type(self)):
             value = getattr(self, name)
             if isinstance(value, EntityRef):
                 yield name, value
@@ -169,6 +171,27 @@ class Entity(BaseModel):
                 continue
             else:
                 yield name, value
+
+
+def _mentions_ref(annotation: Any) -> bool:
+    if annotation is EntityRef:
+        return True
+    return any(_mentions_ref(arg) for arg in typing.get_args(annotation))
+
+
+_REF_FIELDS: dict[type[Entity], tuple[str, ...]] = {}
+
+
+def _ref_fields(cls: type[Entity]) -> tuple[str, ...]:
+    """The user fields of ``cls`` whose type can hold an :class:`EntityRef` (computed once)."""
+    names = _REF_FIELDS.get(cls)
+    if names is None:
+        names = _REF_FIELDS[cls] = tuple(
+            name
+            for name, info in cls.model_fields.items()
+            if name not in SYSTEM_FIELDS and _mentions_ref(info.annotation)
+        )
+    return names
 
 
 SYSTEM_FIELDS: tuple[str, ...] = tuple(Entity.model_fields)

@@ -118,7 +118,7 @@ class EntityRegistry:
         versions and may be committed only once.
         """
         self._check_open()
-        if not isinstance(drafts, Sequence) or not drafts:
+        if not isinstance(drafts, (list, tuple)) or not drafts:
             raise ValidationError("commit_many() takes a non-empty sequence of entities")
         for d in drafts:
             if not isinstance(d, Entity):
@@ -126,12 +126,14 @@ class EntityRegistry:
         if op_id is not None and (not isinstance(op_id, str) or not 0 < len(op_id) <= 128):
             raise ValidationError("op_id is a non-empty string of at most 128 characters")
         batch = WriteBatch()
-        in_batch = {d.ref: d.id for d in drafts}
+        in_batch: dict[EntityRef, UUID] | None = None
         for d in drafts:
             batch.versions.append(encode_version(d, op_id))
             if d.previous_id is not None:
                 batch.edges.append(EdgeRecord(d.previous_id, d.id, "previous"))
             for relation, ref in d.references():
+                if in_batch is None:
+                    in_batch = {x.ref: x.id for x in drafts}
                 src = in_batch.get(ref) or self._version_id(ref, relation, d)
                 batch.edges.append(EdgeRecord(src, d.id, relation))
         self._store.write(batch)

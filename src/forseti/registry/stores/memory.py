@@ -1,4 +1,8 @@
-"""The in-memory store: the reference implementation the other backends are tested against."""
+"""The in-memory store: the reference implementation the other backends are tested against.
+
+Dicts are keyed by ``uuid.int`` rather than by ``UUID`` objects: ``UUID.__hash__`` is Python code,
+and a commit touches a dozen keys.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from uuid import UUID
 
-from ...errors import DuplicateOperationError, NotFoundError, StoreClosedError, ValidationError, ConflictError
+from ...errors import (
+    ConflictError,
+    DuplicateOperationError,
+    NotFoundError,
+    StoreClosedError,
+    ValidationError,
+)
 from ..records import AliasRecord, EdgeRecord, EventRecord, VersionRecord, WriteBatch
 from .base import Store, check_append, check_new_lineage
 
@@ -22,16 +32,16 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._history: dict[UUID, list[VersionRecord]] = {}
-        self._by_id: dict[UUID, VersionRecord] = {}
+        self._history: dict[int, list[VersionRecord]] = {}
+        self._by_id: dict[int, VersionRecord] = {}
         self._by_op: dict[str, list[VersionRecord]] = {}
-        self._kinds: dict[UUID, tuple[str, str | None]] = {}
-        self._up: dict[UUID, list[EdgeRecord]] = {}  # dst -> edges into it
-        self._down: dict[UUID, list[EdgeRecord]] = {}  # src -> edges out of it
-        self._edge_keys: set[tuple[UUID, UUID, str]] = set()
-        self._aliases: dict[tuple[UUID, str], AliasRecord] = {}
+        self._kinds: dict[int, tuple[str, str | None]] = {}
+        self._up: dict[int, list[EdgeRecord]] = {}  # dst -> edges into it
+        self._down: dict[int, list[EdgeRecord]] = {}  # src -> edges out of it
+        self._edge_keys: set[tuple[int, int, str]] = set()
+        self._aliases: dict[tuple[int, str], AliasRecord] = {}
         self._events: list[EventRecord] = []
-        self._event_ids: set[UUID] = set()
+        self._event_ids: set[int] = set()
         self._closed = False
 
     def _check_open(self) -> None:
@@ -43,50 +53,56 @@ class MemoryStore(Store):
     def write(self, batch: WriteBatch) -> list[EventRecord]:
         with self._lock:
             self._check_open()
-            staged: dict[UUID, VersionRecord] = {}
-            ids: set[UUID] = set()
+            history = self._history
+            staged: dict[int, VersionRecord] = {}
+            ids: set[int] = set()
             ops: set[str] = set()
             for rec in batch.versions:
-                prior = staged.get(rec.lineage_id)
-                if prior is None and rec.lineage_id in self._history:
-                    prior = self._history[rec.lineage_id][-1]
+                lid = rec.lineage_id.int
+                prior = staged.get(lid)
+                if prior is None and lid in history:
+                    prior = history[lid][-1]
                 if rec.version == 1:
                     check_new_lineage(rec, prior.version if prior else None)
                 else:
                     check_append(rec, (prior.version, prior.id, prior.type_name) if prior else None)
-                if rec.id in self._by_id or rec.id in ids:
+                rid = rec.id.int
+                if rid in self._by_id or rid in ids:
                     raise ValidationError(f"a version with id {rec.id} is already stored")
-                if rec.op_id is not None and rec.op_id in self._by_op and rec.op_id not in ops:
-                    raise DuplicateOperationError(
-                        f"operation {rec.op_id!r} was already committed", op_id=rec.op_id
-                    )
-                staged[rec.lineage_id] = rec
-                ids.add(rec.id)
                 if rec.op_id is not None:
+                    if rec.op_id in self._by_op and rec.op_id not in ops:
+                        raise DuplicateOperationError(
+                            f"operation {rec.op_id!r} was already committed", op_id=rec.op_id
+                        )
                     ops.add(rec.op_id)
+                staged[lid] = rec
+                ids.add(rid)
             for ev in batch.events:
-                if ev.event_id in self._event_ids:
+                if ev.event_id.int in self._event_ids:
                     raise ValidationError(f"event {ev.event_id} is already in the log")
             # every check passed: apply
             for rec in batch.versions:
+                lid = rec.lineage_id.int
                 if rec.version == 1:
-                    self._kinds[rec.lineage_id] = (rec.type_name, rec.name)
-                    self._history[rec.lineage_id] = []
-                self._history[rec.lineage_id].append(rec)
-                self._by_id[rec.id] = rec
+                    self._kinds[lid] = (rec.type_name, rec.name)
+                    history[lid] = [rec]
+                else:
+                    history[lid].append(rec)
+                self._by_id[rec.id.int] = rec
                 if rec.op_id is not None:
                     self._by_op.setdefault(rec.op_id, []).append(rec)
             for edge in batch.edges:
-                key = (edge.src_id, edge.dst_id, edge.relation)
+                src, dst = edge.src_id.int, edge.dst_id.int
+                key = (src, dst, edge.relation)
                 if key not in self._edge_keys:
                     self._edge_keys.add(key)
-                    self._up.setdefault(edge.dst_id, []).append(edge)
-                    self._down.setdefault(edge.src_id, []).append(edge)
+                    self._up.setdefault(dst, []).append(edge)
+                    self._down.setdefault(src, []).append(edge)
             out = []
             for ev in batch.events:
                 stored = replace(ev, seq=len(self._events) + 1)
                 self._events.append(stored)
-                self._event_ids.add(ev.event_id)
+                self._event_ids.add(ev.event_id.int)
                 out.append(stored)
             return out
 
@@ -94,19 +110,19 @@ class MemoryStore(Store):
 
     def head(self, lineage_id: UUID) -> VersionRecord | None:
         self._check_open()
-        versions = self._history.get(lineage_id)
+        versions = self._history.get(lineage_id.int)
         return versions[-1] if versions else None
 
     def get_version(self, lineage_id: UUID, version: int) -> VersionRecord | None:
         self._check_open()
-        versions = self._history.get(lineage_id)
+        versions = self._history.get(lineage_id.int)
         if versions and 1 <= version <= len(versions):
             return versions[version - 1]
         return None
 
     def get_by_id(self, version_id: UUID) -> VersionRecord | None:
         self._check_open()
-        return self._by_id.get(version_id)
+        return self._by_id.get(version_id.int)
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
         self._check_open()
@@ -115,7 +131,7 @@ class MemoryStore(Store):
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
         self._check_open()
         with self._lock:
-            return list(self._history.get(lineage_id, ()))
+            return list(self._history.get(lineage_id.int, ()))
 
     def find_heads(self, type_names: Sequence[str], name: str | None = None) -> list[VersionRecord]:
         self._check_open()
@@ -130,20 +146,19 @@ class MemoryStore(Store):
     def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
         self._check_open()
         out: list[tuple[UUID, UUID, int, UUID]] = []
+        up = direction == "up"
+        index = self._up if up else self._down
         with self._lock:
-            seen = {start_id}
+            seen = {start_id.int}
             stack = [start_id]
             while stack:
                 node = stack.pop()
-                if direction == "up":
-                    pairs = [(e.src_id) for e in self._up.get(node, ())]
-                else:
-                    pairs = [(e.dst_id) for e in self._down.get(node, ())]
-                for other in pairs:
-                    rec = self._by_id[other]
+                for edge in index.get(node.int, ()):
+                    other = edge.src_id if up else edge.dst_id
+                    rec = self._by_id[other.int]
                     out.append((node, other, rec.version, rec.lineage_id))
-                    if other not in seen:
-                        seen.add(other)
+                    if other.int not in seen:
+                        seen.add(other.int)
                         stack.append(other)
         return out
 
@@ -151,13 +166,13 @@ class MemoryStore(Store):
 
     def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
         self._check_open()
-        return self._aliases.get((lineage_id, alias))
+        return self._aliases.get((lineage_id.int, alias))
 
     def list_aliases(self, lineage_id: UUID) -> list[AliasRecord]:
         self._check_open()
         with self._lock:
             return sorted(
-                (a for (lid, _), a in self._aliases.items() if lid == lineage_id),
+                (a for (lid, _), a in self._aliases.items() if lid == lineage_id.int),
                 key=lambda a: a.alias,
             )
 
@@ -168,7 +183,7 @@ class MemoryStore(Store):
             self._check_open()
             if self.get_version(lineage_id, version) is None:
                 raise NotFoundError(f"lineage {lineage_id} has no version {version}")
-            current = self._aliases.get((lineage_id, alias))
+            current = self._aliases.get((lineage_id.int, alias))
             actual = current.revision if current else None
             if actual != expected_revision:
                 raise ConflictError(
@@ -179,7 +194,7 @@ class MemoryStore(Store):
                     actual=actual,
                 )
             rec = AliasRecord(lineage_id, alias, version, (actual or 0) + 1)
-            self._aliases[(lineage_id, alias)] = rec
+            self._aliases[(lineage_id.int, alias)] = rec
             return rec
 
     # -- events --------------------------------------------------------------------------------
