@@ -20,6 +20,7 @@ __all__ = [
     "SchemaVersionError",
     "StoreClosedError",
     "DuplicateOperationError",
+    "BackpressureError",
 ]
 
 
@@ -104,3 +105,7 @@ class DuplicateOperationError(ForsetiError):
     def __init__(self, message: str, *, op_id: str) -> None:
         super().__init__(message)
         self.op_id = op_id
+
+
+class BackpressureError(ForsetiError):
+    """The event bus's dispatch queue is full; ``await bus.apublish(...)`` waits instead."""

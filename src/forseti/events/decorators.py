@@ -1,0 +1,143 @@
+"""``@emit_events``: wrap a function in Started / Completed / Failed events."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ..entities import Entity, EntityRef
+from .base import _CURRENT, Event
+from .bus import EventBus, active_bus
+
+__all__ = ["emit_events", "CallStarted", "CallCompleted", "CallFailed"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CallStarted(Event, frozen=True):
+    """An ``@emit_events`` function was called."""
+
+    topic = "forseti.CallStarted"
+    function: str
+
+
+class CallCompleted(Event, frozen=True):
+    """An ``@emit_events`` function returned; ``result`` is set when it returned an entity."""
+
+    topic = "forseti.CallCompleted"
+    function: str
+    duration_s: float
+    result: EntityRef | None = None
+
+
+class CallFailed(Event, frozen=True):
+    """An ``@emit_events`` function raised."""
+
+    topic = "forseti.CallFailed"
+    function: str
+    duration_s: float
+    error_type: str
+    error_message: str
+
+
+@overload
+def emit_events(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def emit_events(
+    *, bus: EventBus | None = None, name: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def emit_events(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    bus: EventBus | None = None,
+    name: str | None = None,
+) -> Any:
+    """Publish ``CallStarted`` before and ``CallCompleted``/``CallFailed`` after each call.
+
+    Works on sync and async functions. Events go to ``bus`` or, if none is given, to the bus
+    active in the caller's context (``with reg.bus.activate():``, or inside a handler); with no bus
+    the function simply runs. Events published during the call are caused by its
+    ``CallStarted``, so nested calls, awaits and tasks form one correlated chain.
+    """
+
+    def wrap(func: Callable[P, R]) -> Callable[P, R]:
+        label = name or f"{func.__module__}.{func.__qualname__}"
+
+        def start() -> tuple[EventBus | None, CallStarted | None, Any, float]:
+            target = bus or active_bus()
+            if target is None:
+                return None, None, None, 0.0
+            started = CallStarted(function=label)
+            target.publish(started)
+            return target, started, _CURRENT.set(started), time.perf_counter()
+
+        def finish(target: EventBus, t0: float, result: Any) -> None:
+            ref = result.ref if isinstance(result, Entity) else None
+            target.publish(
+                CallCompleted(function=label, duration_s=time.perf_counter() - t0, result=ref)
+            )
+
+        def fail(target: EventBus, t0: float, exc: BaseException) -> None:
+            target.publish(
+                CallFailed(
+                    function=label,
+                    duration_s=time.perf_counter() - t0,
+                    error_type=type(exc).__name__,
+                    error_message=str(exc),
+                )
+            )
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                target, started, token, t0 = start()
+                if target is None:
+                    return await func(*args, **kwargs)  # type: ignore[misc]
+                try:
+                    result = await func(*args, **kwargs)  # type: ignore[misc]
+                except BaseException as exc:
+                    try:
+                        fail(target, t0, exc)
+                    finally:
+                        _CURRENT.reset(token)
+                    raise
+                try:
+                    finish(target, t0, result)
+                finally:
+                    _CURRENT.reset(token)
+                return result
+
+            return awrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            target, started, token, t0 = start()
+            if target is None:
+                return func(*args, **kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                try:
+                    fail(target, t0, exc)
+                finally:
+                    _CURRENT.reset(token)
+                raise
+            try:
+                finish(target, t0, result)
+            finally:
+                _CURRENT.reset(token)
+            return result
+
+        return wrapper
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
