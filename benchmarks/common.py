@@ -139,7 +139,8 @@ class Result:
 def error_result(benchmark: str, exc: BaseException, group: str = "") -> Result:
     """A row recording that a benchmark crashed (the run then exits non-zero)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Result(benchmark, error=f"{type(exc).__name__}: {exc}", group=group, extra={"traceback": tb})
+    error = f"{type(exc).__name__}: {exc}"
+    return Result(benchmark, error=error, group=group, extra={"traceback": tb})
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -276,6 +277,20 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "sqlite": sqlite3.sqlite_version,
     }
+    if hasattr(os, "getloadavg"):
+        info["loadavg"] = [round(x, 2) for x in os.getloadavg()]  # other work skews timings
+    try:
+        import subprocess
+
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip() or None
+    except Exception:  # pragma: no cover - not a checkout, or no git
+        info["git_commit"] = None
     try:
         import forseti
 

@@ -28,6 +28,7 @@ from .entities import (
 from .errors import (
     ConfigError,
     ConflictError,
+    DuplicateOperationError,
     ForsetiError,
     IntegrityError,
     NotFoundError,
@@ -63,6 +64,7 @@ __all__ = [
     "ForsetiError",
     "ValidationError",
     "ConflictError",
+    "DuplicateOperationError",
     "NotFoundError",
     "UnknownEntityTypeError",
     "IntegrityError",

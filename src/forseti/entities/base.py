@@ -38,7 +38,9 @@ class Entity(BaseModel):
     the registry turns a draft into a committed version.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, ser_json_inf_nan="strings"
+    )
 
     entity_type: ClassVar[str] = "forseti.Entity"
 
@@ -56,6 +58,15 @@ class Entity(BaseModel):
             super().__init__(**data)
         except pydantic.ValidationError as exc:
             raise ValidationError.from_pydantic(exc, type(self).__name__) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ValidationError(
+            f"{type(self).__name__} versions are immutable; make the next version with "
+            f"evolve({name}=...) and commit it"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise ValidationError(f"{type(self).__name__} versions are immutable")
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -152,12 +163,16 @@ class Entity(BaseModel):
     # -- storage -----------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """The JSON-compatible state stored for this version (system fields included)."""
+        """This version as plain JSON-compatible data (system fields included).
+
+        Infinite floats become the strings ``"Infinity"``/``"-Infinity"``, which
+        :meth:`from_state` reads back.
+        """
         return self.model_dump(mode="json")
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Entity:
-        """Rebuild a stored version as its registered class (``cls`` when called on a subclass)."""
+        """Rebuild a stored version as ``cls`` (the registry looks ``cls`` up by the stored type name)."""
         try:
             return cls.model_validate(state)
         except pydantic.ValidationError as exc:

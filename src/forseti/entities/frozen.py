@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, NonNegativeInt, PlainSerializer
 
-__all__ = ["FrozenDict", "deep_freeze", "thaw", "JSONMap", "FloatMap", "IntMap"]
+__all__ = ["FrozenDict", "deep_freeze", "thaw", "normalize", "JSONMap", "FloatMap", "IntMap"]
 
 
 class FrozenDict(Mapping[str, Any]):
@@ -41,15 +41,32 @@ class FrozenDict(Mapping[str, Any]):
         return self._hash  # type: ignore[return-value]
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenDict):
+            return self._data == other._data
         if isinstance(other, Mapping):
-            return dict(self._data) == dict(other)
+            return normalize(self) == normalize(other)
         return NotImplemented
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("FrozenDict is immutable")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (self._data,))
+
     def __repr__(self) -> str:
         return f"FrozenDict({self._data!r})"
+
+
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+
+
+def normalize(value: Any) -> Any:
+    """Plain dicts and lists all the way down, for comparing frozen and unfrozen values."""
+    if isinstance(value, Mapping):
+        return {k: normalize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return [normalize(v) for v in value]
+    return value
 
 
 def deep_freeze(value: Any, _path: str = "") -> Any:
@@ -58,7 +75,13 @@ def deep_freeze(value: Any, _path: str = "") -> Any:
     Only JSON-like values are accepted (str, int, float, bool, None, mappings with str keys,
     sequences); anything else raises ``ValueError`` naming where it was found.
     """
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _UINT_MAX:
+            raise ValueError(
+                f"integer {value} at {_path or '<root>'} does not fit in 64 bits; store it as a string"
+            )
         return value
     if isinstance(value, float):
         return value

@@ -6,7 +6,10 @@ import re
 from typing import Any, NamedTuple
 from uuid import UUID
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import ValidationError
 
 __all__ = ["EntityRef", "BlobRef"]
 
@@ -30,9 +33,11 @@ class EntityRef(_EntityRefFields):
             try:
                 lineage_id = UUID(str(lineage_id))
             except ValueError:
-                raise ValueError(f"EntityRef.lineage_id must be a UUID, got {lineage_id!r}") from None
+                raise ValidationError(
+                    f"EntityRef.lineage_id must be a UUID, got {lineage_id!r}"
+                ) from None
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"EntityRef.version must be an integer >= 1, got {version!r}")
+            raise ValidationError(f"EntityRef.version must be an integer >= 1, got {version!r}")
         return super().__new__(cls, lineage_id, version)
 
     def __repr__(self) -> str:
@@ -58,6 +63,12 @@ class BlobRef(BaseModel):
     sha256: str = Field(description="lower-case hex sha256 of the content")
     size: int = Field(ge=0, description="size of the content in bytes")
     format: str = Field(default="bin", description="content format, e.g. 'safetensors', 'onnx', 'gguf'")
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError.from_pydantic(exc, "BlobRef") from None
 
     @field_validator("sha256", mode="before")
     @classmethod

@@ -118,9 +118,9 @@ class FileBlobStore(BlobStore):
                 os.fsync(out.fileno())
             ref = BlobRef(sha256=digest.hexdigest(), size=size, format=format)
             final = self.path(ref)
-            if final.exists() and final.stat().st_size == size:
+            if self._intact(final, ref):
                 os.unlink(tmp_name)  # same content already stored
-            else:
+            else:  # absent, or a damaged copy that this put repairs
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(tmp_name, 0o444)
                 os.replace(tmp_name, final)
@@ -130,6 +130,14 @@ class FileBlobStore(BlobStore):
                 os.unlink(tmp_name)
             raise
 
+    @staticmethod
+    def _intact(path: Path, ref: BlobRef) -> bool:
+        try:
+            with path.open("rb") as fh:
+                return _digest(fh) == (ref.sha256, ref.size)
+        except FileNotFoundError:
+            return False
+
     def open(self, ref: BlobRef) -> BinaryIO:
         path = self.path(ref)
         try:
@@ -137,13 +145,9 @@ class FileBlobStore(BlobStore):
         except FileNotFoundError:
             raise NotFoundError(f"no blob {ref.sha256} under {self.root}") from None
         try:
-            digest = hashlib.sha256()
-            size = 0
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-            if size != ref.size or digest.hexdigest() != ref.sha256:
-                raise _mismatch(ref, digest.hexdigest(), size)
+            sha, size = _digest(fh)
+            if (sha, size) != (ref.sha256, ref.size):
+                raise _mismatch(ref, sha, size)
             fh.seek(0)
             return fh
         except BaseException:
@@ -152,6 +156,15 @@ class FileBlobStore(BlobStore):
 
     def exists(self, ref: BlobRef) -> bool:
         return self.path(ref).is_file()
+
+
+def _digest(fh: BinaryIO) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _read_source(source: BlobSource) -> bytes:

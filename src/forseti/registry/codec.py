@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import msgspec
+from pydantic_core import to_jsonable_python
 
 from ..entities import Entity, entity_type
 from ..errors import IntegrityError, ValidationError
@@ -12,13 +13,20 @@ from .records import VersionRecord
 
 __all__ = ["encode_version", "decode_version"]
 
-_encode = msgspec.msgpack.encode
+# python-mode dumps keep floats (inf included), UUIDs and datetimes for msgspec to encode natively;
+# anything else a user-defined field holds goes through pydantic's JSON conversion
+_encode = msgspec.msgpack.Encoder(enc_hook=to_jsonable_python).encode
 _decode = msgspec.msgpack.decode
 
 
 def encode_version(entity: Entity, op_id: str | None = None) -> VersionRecord:
     """The record stored for ``entity``: msgpack state plus its sha256."""
-    state = _encode(entity.to_state())
+    try:
+        state = _encode(entity.model_dump())
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"{type(entity).__name__} version {entity.version} cannot be stored: {exc}"
+        ) from None
     return VersionRecord(
         id=entity.id,
         lineage_id=entity.lineage_id,
@@ -47,7 +55,7 @@ def decode_version(rec: VersionRecord) -> Entity:
     try:
         state = _decode(rec.state)
         entity = cls.from_state(state)
-    except (msgspec.DecodeError, ValidationError, TypeError) as exc:
+    except (msgspec.DecodeError, ValidationError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{where} no longer decodes as {rec.type_name}: {exc}") from None
     if (entity.id, entity.lineage_id, entity.version) != (rec.id, rec.lineage_id, rec.version):
         raise IntegrityError(f"{where} is corrupted: its state names a different version")

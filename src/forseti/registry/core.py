@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, TypeVar, overload
 from uuid import UUID
 
 from ..entities import BlobRef, Entity, EntityRef, entity_types
+from ..entities.frozen import normalize
 from ..errors import NotFoundError, StoreClosedError, ValidationError
 from .blobs import BlobSource, BlobStore, FileBlobStore
 from .codec import decode_version, encode_version
@@ -243,7 +244,7 @@ class EntityRegistry:
         out = []
         for rec in records:
             entity = self._load(rec, head=True)
-            if all(getattr(entity, k) == v for k, v in fields.items()):
+            if all(normalize(getattr(entity, k)) == normalize(v) for k, v in fields.items()):
                 out.append(entity)
         return out  # type: ignore[return-value]
 

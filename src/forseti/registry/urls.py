@@ -41,6 +41,9 @@ def open_store(url: str, blob_dir: str | os.PathLike[str] | None = None) -> tupl
     if scheme == "memory":
         from .stores.memory import MemoryStore
 
+        if url.rstrip("/") != "memory:":
+            raise ConfigError(f"{url!r}: the memory store takes no path or options; use 'memory://'")
+
         blobs: BlobStore = FileBlobStore(blob_dir) if blob_dir else MemoryBlobStore()
         return MemoryStore(), blobs
     if scheme == "sqlite":

@@ -23,10 +23,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from ..errors import ConfigError
 
-__all__ = ["postgres_binaries", "TemporaryPostgres"]
+__all__ = ["TemporaryPostgres", "postgres_binaries"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class TemporaryPostgres:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> TemporaryPostgres:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -136,7 +137,7 @@ class TemporaryPostgres:
     ) -> None:
         self.stop()
 
-    def start(self) -> TemporaryPostgres:
+    def start(self) -> Self:
         """Create the cluster and start the server; waits until it accepts connections."""
         if self._running:
             return self
@@ -163,8 +164,16 @@ class TemporaryPostgres:
             if self._as_root:
                 os.chown(root, owner.pw_uid, owner.pw_gid)
             self._run(
-                "initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
-                "-E", "UTF8", "--no-locale", "--no-sync",
+                "initdb",
+                "-D",
+                str(root / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
             )
             attempts = 1 if self._fixed_port is not None else 3
             for attempt in range(1, attempts + 1):
@@ -190,8 +199,17 @@ class TemporaryPostgres:
             f"-c max_connections=200"
         )
         self._run(
-            "pg_ctl", "-D", str(self._root / "data"), "-l", str(self._root / "log"),
-            "-w", "-t", str(self._start_timeout), "-o", options, "start",
+            "pg_ctl",
+            "-D",
+            str(self._root / "data"),
+            "-l",
+            str(self._root / "log"),
+            "-w",
+            "-t",
+            str(self._start_timeout),
+            "-o",
+            options,
+            "start",
             new_session=True,
         )
 
@@ -203,9 +221,7 @@ class TemporaryPostgres:
             return
         if (root / "data" / "postmaster.pid").exists():
             try:
-                self._run(
-                    "pg_ctl", "-D", str(root / "data"), "-m", "immediate", "stop", cwd=root
-                )
+                self._run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "stop", cwd=root)
             except ConfigError:
                 logger.warning("could not stop the temporary PostgreSQL in %s", root, exc_info=True)
         self._running = False
@@ -224,6 +240,7 @@ class TemporaryPostgres:
         try:
             proc = subprocess.run(
                 cmd,
+                check=False,
                 cwd=cwd or self._root,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

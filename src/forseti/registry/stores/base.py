@@ -13,7 +13,7 @@ from uuid import UUID
 from ...errors import ConflictError, NotFoundError, ValidationError
 from ..records import AliasRecord, EventRecord, GraphHit, VersionRecord, WriteBatch
 
-__all__ = ["Store", "check_append", "check_new_lineage", "walk_graph"]
+__all__ = ["Store", "check_append", "check_new_lineage", "alias_conflict", "walk_graph"]
 
 
 class Store(ABC):
@@ -153,6 +153,20 @@ def check_append(
         raise ValidationError(
             f"lineage {rec.lineage_id} holds {head_type!r} entities, not {rec.type_name!r}"
         )
+
+
+def alias_conflict(
+    lineage_id: UUID, alias: str, expected: int | None, actual: int | None
+) -> ConflictError:
+    """The error for a failed compare-and-set of an alias (``None`` means absent)."""
+    what = "does not exist" if actual is None else f"is at revision {actual}"
+    return ConflictError(
+        f"alias {alias!r} of lineage {lineage_id} {what}, not "
+        f"{'absent' if expected is None else f'revision {expected}'}",
+        lineage_id=lineage_id,
+        expected=expected,
+        actual=actual,
+    )
 
 
 def walk_graph(

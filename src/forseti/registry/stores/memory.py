@@ -12,14 +12,13 @@ from dataclasses import replace
 from uuid import UUID
 
 from ...errors import (
-    ConflictError,
     DuplicateOperationError,
     NotFoundError,
     StoreClosedError,
     ValidationError,
 )
 from ..records import AliasRecord, EdgeRecord, EventRecord, VersionRecord, WriteBatch
-from .base import Store, check_append, check_new_lineage
+from .base import Store, alias_conflict, check_append, check_new_lineage
 
 __all__ = ["MemoryStore"]
 
@@ -88,6 +87,9 @@ class MemoryStore(Store):
                     history[lid] = [rec]
                 else:
                     history[lid].append(rec)
+                    kind, name = self._kinds[lid]
+                    if name != rec.name:  # renamed: find(name=...) follows the head
+                        self._kinds[lid] = (kind, rec.name)
                 self._by_id[rec.id.int] = rec
                 if rec.op_id is not None:
                     self._by_op.setdefault(rec.op_id, []).append(rec)
@@ -186,13 +188,7 @@ class MemoryStore(Store):
             current = self._aliases.get((lineage_id.int, alias))
             actual = current.revision if current else None
             if actual != expected_revision:
-                raise ConflictError(
-                    f"alias {alias!r} of lineage {lineage_id} is at revision {actual}, "
-                    f"not {expected_revision}",
-                    lineage_id=lineage_id,
-                    expected=expected_revision,
-                    actual=actual,
-                )
+                raise alias_conflict(lineage_id, alias, expected_revision, actual)
             rec = AliasRecord(lineage_id, alias, version, (actual or 0) + 1)
             self._aliases[(lineage_id.int, alias)] = rec
             return rec

@@ -27,7 +27,7 @@ from ...errors import (
 )
 from ..records import AliasRecord, EventRecord, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
-from .base import Store, check_append, check_new_lineage
+from .base import Store, alias_conflict, check_append, check_new_lineage
 
 __all__ = ["SQLiteStore"]
 
@@ -81,7 +81,8 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
         self._local.conn = conn
-        self._local.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        # unknown until first checked: a new connection may see commits the caches missed
+        self._local.data_version = None
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -130,8 +131,9 @@ class SQLiteStore(Store):
         for rec in batch.versions:
             lid = rec.lineage_id.hex
             row = conn.execute(
-                "SELECT version, id, type FROM entity_versions WHERE lineage_id=? "
-                "ORDER BY version DESC LIMIT 1",
+                "SELECT v.version, v.id, v.type, l.name FROM entity_versions v "
+                "JOIN lineages l ON l.lineage_id = v.lineage_id WHERE v.lineage_id=? "
+                "ORDER BY v.version DESC LIMIT 1",
                 (lid,),
             ).fetchone()
             if rec.version == 1:
@@ -142,6 +144,8 @@ class SQLiteStore(Store):
                 )
             else:
                 check_append(rec, (row[0], UUID(hex=row[1]), row[2]) if row else None)
+                if row[3] != rec.name:  # renamed: find(name=...) follows the head
+                    conn.execute("UPDATE lineages SET name=? WHERE lineage_id=?", (rec.name, lid))
             try:
                 conn.execute(
                     f"INSERT INTO entity_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -310,7 +314,7 @@ class SQLiteStore(Store):
                     )
                 except sqlite3.IntegrityError:
                     actual = self._alias_revision(conn, lid, alias)
-                    raise _alias_conflict(lineage_id, alias, None, actual) from None
+                    raise alias_conflict(lineage_id, alias, None, actual) from None
                 new = 1
             else:
                 cur = conn.execute(
@@ -320,7 +324,7 @@ class SQLiteStore(Store):
                 )
                 if cur.rowcount != 1:
                     actual = self._alias_revision(conn, lid, alias)
-                    raise _alias_conflict(lineage_id, alias, expected_revision, actual)
+                    raise alias_conflict(lineage_id, alias, expected_revision, actual)
                 new = expected_revision + 1
             conn.execute("COMMIT")
         except BaseException:
@@ -413,16 +417,3 @@ def _map_integrity(exc: sqlite3.IntegrityError, rec: VersionRecord) -> Exception
             actual=None,
         )
     return IntegrityError(f"the store refused version {rec.version} of {rec.lineage_id}: {text}")
-
-
-def _alias_conflict(
-    lineage_id: UUID, alias: str, expected: int | None, actual: int | None
-) -> ConflictError:
-    what = "does not exist" if actual is None else f"is at revision {actual}"
-    return ConflictError(
-        f"alias {alias!r} of lineage {lineage_id} {what}, not "
-        f"{'absent' if expected is None else f'revision {expected}'}",
-        lineage_id=lineage_id,
-        expected=expected,
-        actual=actual,
-    )

@@ -1,0 +1,568 @@
+"""PostgreSQL through asyncpg: the team backend.
+
+The synchronous :class:`~forseti.registry.stores.base.Store` API runs coroutines on a private event
+loop in a daemon thread owned by the store, so it also works when called from inside a running
+event loop (notebooks, ``asyncio.run``). An asyncpg pool lives on that loop.
+
+The ``(lineage_id, version)`` primary key is the OCC check: the head is read first for a clear
+error, and a concurrent writer that gets there first makes the insert fail with the constraint's
+name, which is mapped to :class:`~forseti.errors.ConflictError`. Event appends take a
+transaction-level advisory lock so ``seq`` follows commit order (see PERSISTENCE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import zlib
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ...errors import (
+    ConfigError,
+    ConflictError,
+    DuplicateOperationError,
+    IntegrityError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreClosedError,
+    ValidationError,
+)
+from ..records import AliasRecord, EventRecord, VersionRecord, WriteBatch
+from ..schema import SCHEMA_VERSION, ddl_statements
+from ..urls import _options, redact
+from .base import Store, check_append, check_new_lineage
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_LOCK_BOOTSTRAP = 0x46525331  # "FRS1": first open of a schema (DDL, schema row)
+_LOCK_EVENTS = 0x46525332  # "FRS2": one event appender at a time, so seq follows commit order
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_COLS = "id, lineage_id, version, previous_id, type, state, state_hash, created_at, op_id"
+_SELECT = f"SELECT {_COLS} FROM entity_versions WHERE "
+_LOST = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, ConnectionDoesNotExistError
+    asyncpg.AdminShutdownError,  # 57P01: pg_terminate_backend
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,  # a pooled connection killed while idle (MagicStack/asyncpg#1069)
+    ConnectionError,
+)
+_MAYBE_LOST = (*_LOST, asyncpg.InterfaceError)
+# Append a version after the head in one statement: read the head, insert only if the draft
+# follows it (and then its provenance edges), and return the head so a refusal can be explained.
+# The (lineage_id, version) primary key still stops a concurrent writer that read the same head.
+_APPEND = (
+    "WITH head AS (SELECT version, id, type FROM entity_versions WHERE lineage_id = $2::uuid "
+    "ORDER BY version DESC LIMIT 1), "
+    f"ins AS (INSERT INTO entity_versions ({_COLS}) SELECT $1::uuid, $2::uuid, $3::int4, "
+    "$4::uuid, $5::text, $6::bytea, $7::text, $8::timestamptz, $9::text FROM head "
+    "WHERE head.version = $3::int4 - 1 AND head.id = $4::uuid AND head.type = $5::text "
+    "RETURNING 1), "
+    "edges AS (INSERT INTO provenance_edges (src_id, dst_id, relation) "
+    "SELECT * FROM unnest($10::uuid[], $11::uuid[], $12::text[]) WHERE EXISTS (SELECT FROM ins) "
+    "ON CONFLICT DO NOTHING) "
+    "SELECT h.version, h.id, h.type, EXISTS (SELECT FROM ins) FROM (VALUES (1)) one "
+    "LEFT JOIN head h ON true"
+)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection died (so its transaction, if any, did not commit)."""
+    return isinstance(exc, _LOST) or (
+        isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+    )
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:  # already closed and handed back to the pool
+        pass
+
+
+def _uuid(value: UUID | None) -> UUID | None:
+    # asyncpg returns its own UUID subclass; hand out plain uuid.UUID objects
+    return None if value is None else UUID(int=value.int)
+
+
+async def _fetch(conn: asyncpg.Connection, sql: str, *args: Any) -> list[Any]:
+    return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+
+
+def _version(row: Any) -> VersionRecord:
+    vid, lid, version, prev, type_name, state, state_hash, created_at, op_id = row
+    return VersionRecord(
+        UUID(int=vid.int), UUID(int=lid.int), version, _uuid(prev), type_name, None, state,
+        state_hash, created_at, op_id,
+    )  # fmt: skip
+
+
+class _OutcomeUnknown(Exception):
+    """The connection broke while COMMIT was in flight: such a write is never retried."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread; ``run`` waits for a coroutine on it."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError("a PostgresStore cannot be called from its own event loop thread")
+        if self.loop.is_closed() or not self._thread.is_alive():
+            raise StoreClosedError("the PostgreSQL store's event loop has stopped")
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            while True:
+                try:
+                    return fut.result(timeout=1.0)
+                except TimeoutError:
+                    if fut.done():
+                        raise
+                    if not self._thread.is_alive():
+                        raise StoreClosedError("the PostgreSQL store was closed") from None
+        except BaseException:
+            fut.cancel()
+            raise
+
+    def stop(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pool release hook: the store never leaves session state behind (saves a round trip)."""
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database (optionally one schema of it), safe across threads and processes.
+
+    ``url`` is ``postgresql://user[:password]@host[:port]/db[?schema=NAME]`` (``postgres://``
+    too; options ``sslmode`` and ``connect_timeout`` are passed on). The schema is created if
+    missing. ``max_connections`` bounds the pool.
+    """
+
+    dialect = "postgresql"
+    blocking = True
+
+    def __init__(self, url: str, *, max_connections: int = 10) -> None:
+        self._redacted = redact(url)
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("postgresql", "postgres"):
+            raise ConfigError(f"{self._redacted!r} is not a postgresql:// URL")
+        options = _options(parts.query, {"schema", "sslmode", "connect_timeout"})
+        self.schema: str | None = options.get("schema") or None
+        if self.schema is not None and not _SCHEMA_NAME.match(self.schema):
+            raise ConfigError(
+                f"schema {self.schema!r} must be a letter or _ followed by letters, digits or _"
+            )
+        try:
+            timeout = float(options.get("connect_timeout", "10"))
+        except ValueError:
+            raise ConfigError("URL option connect_timeout is not a number") from None
+        query = f"sslmode={options['sslmode']}" if "sslmode" in options else ""
+        dsn = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
+        # advisory locks are per database: the second key keeps schemas from contending
+        key2 = zlib.crc32((self.schema or "").encode()) - (1 << 31)
+        self._bootstrap_lock, self._events_lock = (_LOCK_BOOTSTRAP, key2), (_LOCK_EVENTS, key2)
+        self._pid = os.getpid()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._pool: asyncpg.Pool | None = None
+        self._loop = _LoopThread(f"forseti-pg-{id(self):x}")
+        try:
+            self._loop.run(self._open(dsn, timeout, max(1, max_connections)))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def _open(self, dsn: str, timeout: float, max_connections: int) -> None:
+        settings = {"search_path": f'"{self.schema}"'} if self.schema else None
+        try:
+            self._pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_connections, timeout=timeout,
+                server_settings=settings, reset=_no_reset,
+            )  # fmt: skip
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                ValueError) as exc:  # fmt: skip
+            raise ConfigError(
+                f"cannot connect to PostgreSQL at {self._redacted}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._bootstrap(conn)
+        except asyncpg.PostgresError as exc:
+            raise ConfigError(
+                f"cannot prepare the Forseti schema in {self._redacted}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        logger.debug("opened PostgreSQL store %s", self._redacted)
+
+    async def _bootstrap(self, conn: asyncpg.Connection) -> None:
+        """Create the schema and tables, serialized by an advisory lock (concurrent first opens)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *self._bootstrap_lock)
+        if self.schema:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        found = None
+        if await conn.fetchval("SELECT to_regclass('forseti_schema') IS NOT NULL"):
+            found = await conn.fetchval("SELECT version FROM forseti_schema WHERE singleton=1")
+            if found is not None and found > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self._redacted} was written by a newer Forseti (schema {found}); this "
+                    f"version understands schema {SCHEMA_VERSION}: upgrade forseti to open it"
+                )
+        if found != SCHEMA_VERSION:  # a current schema needs no DDL (and no table locks)
+            for stmt in ddl_statements("postgresql"):
+                await conn.execute(stmt)
+            await conn.execute(
+                "INSERT INTO forseti_schema (singleton, version) VALUES (1, $1) "
+                "ON CONFLICT DO NOTHING",
+                SCHEMA_VERSION,
+            )
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed and self._pool is None:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if os.getpid() != self._pid:  # a forked child: the loop thread is not ours
+            return
+        if pool is not None:
+            try:
+                self._loop.run(self._close_pool(pool))
+            except Exception:  # pragma: no cover - closing is best effort
+                logger.debug("error closing the PostgreSQL pool", exc_info=True)
+        self._loop.stop()
+
+    @staticmethod
+    async def _close_pool(pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=5)
+        except (TimeoutError, *_MAYBE_LOST):
+            pool.terminate()
+
+    def describe(self) -> str:
+        return self._redacted
+
+    def changed_externally(self) -> bool:
+        return True  # no head caching on a shared server
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the store's loop with a pooled connection."""
+        if self._closed:
+            raise StoreClosedError(f"the PostgreSQL store at {self._redacted} is closed")
+        if os.getpid() != self._pid:
+            raise StoreClosedError(
+                "this PostgresStore was opened in another process; open a new one after fork()"
+            )
+        return self._loop.run(self._retrying(fn, args))
+
+    async def _retrying(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], args: tuple[Any, ...]
+    ) -> T:
+        """Retry once on a fresh connection when the first one turns out to be dead.
+
+        Safe for writes too: a connection that died before COMMIT was sent committed nothing; a
+        write whose COMMIT was in flight (:class:`_OutcomeUnknown`) is never retried.
+        """
+        pool = self._pool
+        if pool is None:
+            raise StoreClosedError(f"the PostgreSQL store at {self._redacted} is closed")
+        for attempt in (1, 2):
+            async with pool.acquire() as conn:
+                try:
+                    return await fn(conn, *args)
+                except _OutcomeUnknown as exc:
+                    _terminate(conn)
+                    raise exc.cause from None
+                except _MAYBE_LOST as exc:
+                    if not _connection_lost(exc):
+                        raise
+                    _terminate(conn)  # never hand a broken connection back to the pool
+                    if attempt == 2 or self._closed:
+                        raise
+                    logger.warning("PostgreSQL connection lost (%s); reconnecting, retrying", exc)
+            await pool.expire_connections()  # its siblings may be dead too: replace them all
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> list[EventRecord]:
+        return self._call(self._write, batch)
+
+    async def _write(self, conn: asyncpg.Connection, batch: WriteBatch) -> list[EventRecord]:
+        current: list[VersionRecord] = []  # the version being inserted, for error mapping
+        body_done = False
+        try:
+            async with conn.transaction():
+                out = await self._write_tx(conn, batch, current)
+                body_done = True
+        except asyncpg.UniqueViolationError as exc:
+            raise await self._map_unique(conn, exc, current[-1] if current else None) from None
+        except _MAYBE_LOST as exc:
+            if body_done and _connection_lost(exc):
+                exc.add_note("the connection broke during COMMIT: the outcome is unknown")
+                raise _OutcomeUnknown(exc) from exc
+            raise
+        return out
+
+    async def _write_tx(
+        self, conn: asyncpg.Connection, batch: WriteBatch, current: list[VersionRecord]
+    ) -> list[EventRecord]:
+        # the usual commit (one version after the first) is one statement with its edges
+        inline = len(batch.versions) == 1 and batch.versions[0].version > 1
+        for rec in batch.versions:
+            current.append(rec)
+            if rec.version > 1:
+                edges = batch.edges if inline else []
+                row = await conn.fetchrow(
+                    _APPEND, rec.id, rec.lineage_id, rec.version, rec.previous_id, rec.type_name,
+                    rec.state, rec.state_hash, rec.created_at, rec.op_id,
+                    [e.src_id for e in edges], [e.dst_id for e in edges], [e.relation for e in edges],
+                )  # fmt: skip
+                if not row[3]:  # the head check failed: say why, exactly as the other stores do
+                    head = None if row[0] is None else (row[0], UUID(int=row[1].int), row[2])
+                    check_append(rec, head)
+                    raise IntegrityError(f"version {rec.version} of {rec.lineage_id} was refused")
+                continue
+            row = await conn.fetchrow(
+                "SELECT version FROM entity_versions WHERE lineage_id=$1 "
+                "ORDER BY version DESC LIMIT 1",
+                rec.lineage_id,
+            )
+            check_new_lineage(rec, row[0] if row else None)
+            await conn.execute(
+                "INSERT INTO lineages (lineage_id, kind, name, created_at) VALUES ($1, $2, $3, $4)",
+                rec.lineage_id, rec.type_name, rec.name, rec.created_at,
+            )  # fmt: skip
+            await conn.execute(
+                f"INSERT INTO entity_versions ({_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                rec.id, rec.lineage_id, rec.version, rec.previous_id, rec.type_name, rec.state,
+                rec.state_hash, rec.created_at, rec.op_id,
+            )  # fmt: skip
+        current.clear()
+        if batch.edges and not inline:
+            await conn.executemany(
+                "INSERT INTO provenance_edges (src_id, dst_id, relation) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING",
+                [(e.src_id, e.dst_id, e.relation) for e in batch.edges],
+            )
+        if not batch.events:
+            return []
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *self._events_lock)
+        evs = batch.events
+        try:  # one statement for the whole batch; seq follows the batch's order
+            rows = await conn.fetch(
+                "INSERT INTO events (event_id, lineage_id, version, topic, payload, recorded_at) "
+                "SELECT e, l, v, t, p, r FROM unnest($1::uuid[], $2::uuid[], $3::int4[], "
+                "$4::text[], $5::bytea[], $6::timestamptz[]) WITH ORDINALITY x(e, l, v, t, p, r, o) "
+                "ORDER BY o RETURNING event_id, seq",
+                [e.event_id for e in evs], [e.lineage_id for e in evs], [e.version for e in evs],
+                [e.topic for e in evs], [e.payload for e in evs], [e.recorded_at for e in evs],
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            found = re.search(r"\(event_id\)=\(([0-9a-fA-F-]+)\)", exc.detail or "")
+            which = found.group(1) if found else "of this batch"
+            raise ValidationError(f"event {which} is already in the log") from None
+        seqs = {r[0]: r[1] for r in rows}
+        return [replace(ev, seq=seqs[ev.event_id]) for ev in evs]
+
+    async def _map_unique(
+        self, conn: asyncpg.Connection, exc: asyncpg.UniqueViolationError, rec: VersionRecord | None
+    ) -> Exception:
+        """Turn a duplicate-key error of a version insert into the contract's error."""
+        name = exc.constraint_name or ""
+        if rec is None:
+            return IntegrityError(f"the store refused the write: {exc}")
+        if name == "uq_entity_versions_op_id":
+            return DuplicateOperationError(
+                f"operation {rec.op_id!r} was already committed", op_id=rec.op_id or ""
+            )
+        if name == "uq_entity_versions_id":
+            return ValidationError(f"a version with id {rec.id} is already stored")
+        if name not in ("pk_entity_versions", "pk_lineages"):
+            return IntegrityError(
+                f"the store refused version {rec.version} of {rec.lineage_id}: {exc}"
+            )
+        try:  # the failed transaction is rolled back: this read sees the winner's commit
+            actual = await conn.fetchval(
+                "SELECT max(version) FROM entity_versions WHERE lineage_id=$1", rec.lineage_id
+            )
+        except _MAYBE_LOST:
+            actual = None
+        if name == "pk_lineages" and actual is not None:
+            try:
+                check_new_lineage(rec, actual)
+            except ConflictError as conflict:
+                return conflict
+        return ConflictError(
+            f"lineage {rec.lineage_id}: version {rec.version} was committed concurrently",
+            lineage_id=rec.lineage_id,
+            expected=rec.version - 1,
+            actual=actual,
+        )
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, *args: Any) -> list[Any]:
+        """The rows of one query (converted to records on the caller's thread)."""
+        return self._call(_fetch, sql, *args)
+
+    def _one(self, sql: str, *args: Any) -> VersionRecord | None:
+        rows = self._rows(sql, *args)
+        return _version(rows[0]) if rows else None
+
+    def _many(self, sql: str, *args: Any) -> list[VersionRecord]:
+        return [_version(r) for r in self._rows(sql, *args)]
+
+    def head(self, lineage_id: UUID) -> VersionRecord | None:
+        return self._one(_SELECT + "lineage_id=$1 ORDER BY version DESC LIMIT 1", lineage_id)
+
+    def get_version(self, lineage_id: UUID, version: int) -> VersionRecord | None:
+        return self._one(_SELECT + "lineage_id=$1 AND version=$2", lineage_id, version)
+
+    def get_by_id(self, version_id: UUID) -> VersionRecord | None:
+        return self._one(_SELECT + "id=$1", version_id)
+
+    def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
+        # insertion order, like SQLite's rowid: the table is append-only (no updates or deletes)
+        # and one op_id is one transaction, so the physical order (ctid) is the insert order
+        return self._many(_SELECT + "op_id=$1 ORDER BY ctid", op_id)
+
+    def history(self, lineage_id: UUID) -> list[VersionRecord]:
+        return self._many(_SELECT + "lineage_id=$1 ORDER BY version", lineage_id)
+
+    def find_heads(self, type_names: Sequence[str], name: str | None = None) -> list[VersionRecord]:
+        if not type_names:
+            return []
+        cols = ", ".join(f"v.{c.strip()}" for c in _COLS.split(","))
+        where = "l.kind = ANY($1::text[])" + (" AND l.name = $2" if name is not None else "")
+        args: list[Any] = [list(type_names)] + ([name] if name is not None else [])
+        return self._many(
+            f"SELECT {cols} FROM lineages l JOIN entity_versions v ON v.lineage_id = l.lineage_id "
+            f"AND v.version = (SELECT max(version) FROM entity_versions WHERE lineage_id = "
+            f"l.lineage_id) WHERE {where} ORDER BY l.created_at, l.lineage_id",
+            *args,
+        )
+
+    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
+        near, far = ("dst_id", "src_id") if direction == "up" else ("src_id", "dst_id")
+        rows = self._rows(
+            f"WITH RECURSIVE walk(near, far) AS ("
+            f" SELECT {near}, {far} FROM provenance_edges WHERE {near} = $1"
+            f" UNION SELECT e.{near}, e.{far} FROM provenance_edges e JOIN walk w ON e.{near} = w.far"
+            f") SELECT w.near, w.far, v.version, v.lineage_id FROM walk w "
+            f"JOIN entity_versions v ON v.id = w.far",
+            start_id,
+        )
+        return [(UUID(int=a.int), UUID(int=b.int), v, UUID(int=lid.int)) for a, b, v, lid in rows]
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
+        rows = self._rows(
+            "SELECT version, revision FROM aliases WHERE lineage_id=$1 AND alias=$2",
+            lineage_id,
+            alias,
+        )
+        return AliasRecord(lineage_id, alias, rows[0][0], rows[0][1]) if rows else None
+
+    def list_aliases(self, lineage_id: UUID) -> list[AliasRecord]:
+        rows = self._rows(
+            "SELECT alias, version, revision FROM aliases WHERE lineage_id=$1 ORDER BY alias",
+            lineage_id,
+        )
+        return [AliasRecord(lineage_id, a, v, r) for a, v, r in rows]
+
+    def set_alias(
+        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+    ) -> AliasRecord:
+        return self._call(self._set_alias, lineage_id, alias, version, expected_revision)
+
+    async def _set_alias(
+        self, conn: asyncpg.Connection, lid: UUID, alias: str, version: int, expected: int | None
+    ) -> AliasRecord:
+        async with conn.transaction():
+            if not await conn.fetchval(
+                "SELECT 1 FROM entity_versions WHERE lineage_id=$1 AND version=$2", lid, version
+            ):
+                raise NotFoundError(f"lineage {lid} has no version {version}")
+            if expected is None:  # create: waits for a concurrent creator, then does nothing
+                new = await conn.fetchval(
+                    "INSERT INTO aliases (lineage_id, alias, version, revision) "
+                    "VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING revision",
+                    lid, alias, version,
+                )  # fmt: skip
+            else:
+                new = await conn.fetchval(
+                    "UPDATE aliases SET version=$1, revision=revision+1 "
+                    "WHERE lineage_id=$2 AND alias=$3 AND revision=$4 RETURNING revision",
+                    version, lid, alias, expected,
+                )  # fmt: skip
+            if new is None:
+                actual = await conn.fetchval(
+                    "SELECT revision FROM aliases WHERE lineage_id=$1 AND alias=$2", lid, alias
+                )
+                what = "does not exist" if actual is None else f"is at revision {actual}"
+                raise ConflictError(
+                    f"alias {alias!r} of lineage {lid} {what}, not "
+                    f"{'absent' if expected is None else f'revision {expected}'}",
+                    lineage_id=lid,
+                    expected=expected,
+                    actual=actual,
+                )
+        return AliasRecord(lid, alias, version, new)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def read_events(
+        self,
+        since_seq: int = 0,
+        topic: str | None = None,
+        lineage_id: UUID | None = None,
+        limit: int | None = None,
+    ) -> list[EventRecord]:
+        sql = "SELECT seq, event_id, lineage_id, version, topic, payload, recorded_at FROM events "
+        sql += "WHERE seq > $1"
+        args: list[Any] = [since_seq]
+        for clause, value in ((" AND topic = ", topic), (" AND lineage_id = ", lineage_id)):
+            if value is not None:
+                args.append(value)
+                sql += f"{clause}${len(args)}"
+        sql += " ORDER BY seq"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        return [
+            EventRecord(UUID(int=eid.int), top, payload, rec, _uuid(lid), ver, seq)
+            for seq, eid, lid, ver, top, payload, rec in self._rows(sql, *args)
+        ]
