@@ -221,6 +221,11 @@ class EventBus:
         self._accept(event)
         self.deliver(event)
 
+    def publish_persisted(self, event: Event) -> None:
+        """Like :meth:`publish`, for an event the store already wrote (skips the sinks)."""
+        self._accept(event, sink=False)
+        self.deliver(event)
+
     async def apublish(self, event: Event) -> None:
         """Queue ``event`` for this loop's dispatcher; waits while the queue is full."""
         self._accept(event)
@@ -255,16 +260,16 @@ class EventBus:
             await dispatcher.queue.join()
         self._raise_pending()
 
-    def _accept(self, event: Event) -> None:
+    def _accept(self, event: Event, sink: bool = True) -> None:
         if self._closed:
             raise StoreClosedError("this event bus is closed")
         if not isinstance(event, Event):
             raise ValidationError(f"expected an Event, got {type(event).__name__}")
         self.stats.published += 1
         self._history.append(event)
-        if event.persist:
-            for sink in self._sinks:
-                sink(event)
+        if sink and event.persist:
+            for target in self._sinks:
+                target(event)
 
     # -- delivery --------------------------------------------------------------------------------
 

@@ -16,9 +16,19 @@ from uuid import UUID
 from ..entities import BlobRef, Entity, EntityRef, entity_types
 from ..entities.frozen import normalize
 from ..errors import NotFoundError, StoreClosedError, ValidationError
+from ..events import AliasMoved, EntityRegistered, EntityVersionCommitted, Event, EventBus
 from .blobs import BlobSource, BlobStore, FileBlobStore
 from .codec import decode_version, encode_version
-from .records import AliasRecord, EdgeRecord, VersionRecord, WriteBatch
+from .eventlog import (
+    EventWriter,
+    Projection,
+    ProjectionReport,
+    StoredEvent,
+    filter_records,
+    run_projection,
+    to_record,
+)
+from .records import AliasRecord, EdgeRecord, TrackingUpdate, VersionRecord, WriteBatch
 from .stores.base import Store, walk_graph
 
 __all__ = ["EntityRegistry", "Alias"]
@@ -34,14 +44,28 @@ _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 class EntityRegistry:
     """Versioned entities with lineage, over a store (memory, SQLite or PostgreSQL).
 
-    Open one with :func:`forseti.open`. The registry owns its store and blob store;
-    :meth:`close` (or ``with``) releases them. All methods are thread-safe and never touch an
-    event loop, so they work inside a running one (notebooks).
+    Open one with :func:`forseti.open`. The registry owns its store, blob store, event bus
+    (``reg.bus``) and event-log writer; :meth:`close` (or ``with``) flushes and releases them. All
+    methods are thread-safe and never touch the caller's event loop, so they work inside a running
+    one (notebooks).
     """
 
-    def __init__(self, store: Store, blobs: BlobStore, *, cache_size: int = 65_536) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        cache_size: int = 65_536,
+        bus: EventBus | None = None,
+        event_batch_size: int = 1000,
+        event_interval: float = 0.05,
+    ) -> None:
         self._store = store
         self._blobs = blobs
+        self.bus = bus if bus is not None else EventBus()
+        """The registry's event bus: registry events, and whatever you publish on it."""
+        self._writer = EventWriter(store, batch_size=event_batch_size, interval=event_interval)
+        self.bus.add_sink(self._writer.submit)
         self._cache_size = cache_size
         self._versions: OrderedDict[EntityRef, Entity] = OrderedDict()  # immutable: safe to cache
         self._heads: dict[UUID, Entity] = {}
@@ -61,10 +85,14 @@ class EntityRegistry:
         return self._store.describe()
 
     def close(self) -> None:
-        """Release the store's connections; idempotent."""
+        """Flush buffered events and release the store, bus and writer; idempotent."""
         if not self._closed:
             self._closed = True
-            self._store.close()
+            try:
+                self._writer.close()
+            finally:
+                self.bus.close()
+                self._store.close()
 
     @property
     def closed(self) -> bool:
@@ -111,36 +139,69 @@ class EntityRegistry:
             raise ValidationError("commit() stores a draft from evolve(); use add() for version 1")
         return self.commit_many([draft])[0]  # type: ignore[return-value]
 
-    def commit_many(self, drafts: Sequence[Entity], *, op_id: str | None = None) -> list[Entity]:
+    def commit_many(
+        self,
+        drafts: Sequence[Entity],
+        *,
+        op_id: str | None = None,
+        events: Sequence[Event] = (),
+        tracking: TrackingUpdate | None = None,
+    ) -> list[Entity]:
         """Store several new versions (of one or more lineages) in one transaction.
 
         All of them are written or none is. Version-1 entities start new lineages; later versions
         must be drafts of their lineage's head. ``op_id``, when given, is recorded with the
-        versions and may be committed only once.
+        versions and may be committed only once. The registry's own events
+        (``EntityRegistered``, ``EntityVersionCommitted``) and any ``events`` given are written in
+        the same transaction (outbox), then delivered on ``reg.bus``.
         """
         self._check_open()
-        if not isinstance(drafts, (list, tuple)) or not drafts:
+        if not isinstance(drafts, (list, tuple)) or (not drafts and tracking is None):
             raise ValidationError("commit_many() takes a non-empty sequence of entities")
         for d in drafts:
             if not isinstance(d, Entity):
                 raise ValidationError(f"expected an Entity, got {type(d).__name__}")
         if op_id is not None and (not isinstance(op_id, str) or not 0 < len(op_id) <= 128):
             raise ValidationError("op_id is a non-empty string of at most 128 characters")
-        batch = WriteBatch()
+        for e in events:
+            if not isinstance(e, Event):
+                raise ValidationError(f"expected an Event, got {type(e).__name__}")
+        batch = WriteBatch(tracking=tracking)
         in_batch: dict[EntityRef, UUID] | None = None
+        announced: list[Event] = []
         for d in drafts:
-            batch.versions.append(encode_version(d, op_id))
+            rec = encode_version(d, op_id)
+            batch.versions.append(rec)
             if d.previous_id is not None:
                 batch.edges.append(EdgeRecord(d.previous_id, d.id, "previous"))
+                announced.append(
+                    EntityVersionCommitted(
+                        subject=d.ref,
+                        entity_type=rec.type_name,
+                        previous=tuple.__new__(EntityRef, (d.lineage_id, d.version - 1)),
+                        version_id=d.id,
+                        op_id=op_id,
+                    )
+                )
+            else:
+                announced.append(
+                    EntityRegistered(
+                        subject=d.ref, entity_type=rec.type_name, name=rec.name, op_id=op_id
+                    )
+                )
             for relation, ref in d.references():
                 if in_batch is None:
                     in_batch = {x.ref: x.id for x in drafts}
                 src = in_batch.get(ref) or self._version_id(ref, relation, d)
                 batch.edges.append(EdgeRecord(src, d.id, relation))
+        announced.extend(events)
+        batch.events = [to_record(e) for e in announced]
         self._store.write(batch)
         with self._lock:
             for d in drafts:
                 self._remember(d, head=True)
+        for e in announced:
+            self.bus.publish_persisted(e)
         return list(drafts)
 
     def _version_id(self, ref: EntityRef, relation: str, owner: Entity) -> UUID:
@@ -308,7 +369,67 @@ class EntityRegistry:
             isinstance(expected_revision, bool) or not isinstance(expected_revision, int)
         ):
             raise ValidationError("expected_revision is an integer or None")
-        return self._store.set_alias(lid, name, version, expected_revision)
+        before = self._store.get_alias(lid, name)
+        previous = None
+        if before is not None and before.revision == expected_revision:
+            previous = EntityRef(lid, before.version)
+        event = AliasMoved(
+            subject=EntityRef(lid, version),
+            alias=name,
+            revision=(expected_revision or 0) + 1,
+            previous=previous,
+        )
+        moved = self._store.set_alias(lid, name, version, expected_revision, [to_record(event)])
+        self.bus.publish_persisted(event)
+        return moved
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def events(
+        self,
+        since_seq: int = 0,
+        *,
+        topic: str | type[Event] | None = None,
+        subject: EntityRef | UUID | str | None = None,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """Logged events after ``since_seq``, in commit order (buffered ones are flushed first).
+
+        Filter by ``topic`` (a topic name or an Event class) and by ``subject`` (a lineage id, or
+        an :class:`EntityRef` for one exact version).
+        """
+        self._check_open()
+        if isinstance(since_seq, bool) or not isinstance(since_seq, int) or since_seq < 0:
+            raise ValidationError("since_seq is a non-negative integer")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValidationError("limit is a positive integer or None")
+        if isinstance(topic, type) and issubclass(topic, Event):
+            topic = topic.topic
+        elif topic is not None and not isinstance(topic, str):
+            raise ValidationError("topic is a topic name or an Event subclass")
+        ref = subject if isinstance(subject, EntityRef) else None
+        lineage = None
+        if subject is not None:
+            lineage = ref.lineage_id if ref is not None else _as_uuid(subject, "subject")
+        self._writer.flush()
+        records = self._store.read_events(since_seq, topic, lineage, limit if ref is None else None)
+        out = filter_records(records, ref)
+        return out[:limit] if limit is not None else out
+
+    def flush_events(self) -> int:
+        """Write every buffered event to the log now; returns how many were written."""
+        self._check_open()
+        return self._writer.flush()
+
+    def run_projection(self, projection: Projection, *, batch_size: int = 500) -> ProjectionReport:
+        """Feed every event the projection has not processed yet to it, exactly once.
+
+        The entity versions it returns are committed together with its tracking row, so a crash
+        or restart never processes an event twice or skips one.
+        """
+        self._check_open()
+        self._writer.flush()
+        return run_projection(self, projection, batch_size=batch_size)
 
     # -- blobs ---------------------------------------------------------------------------------
 

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-__all__ = ["VersionRecord", "EdgeRecord", "EventRecord", "AliasRecord", "WriteBatch", "GraphHit"]
+__all__ = [
+    "VersionRecord",
+    "EdgeRecord",
+    "EventRecord",
+    "AliasRecord",
+    "TrackingUpdate",
+    "WriteBatch",
+    "GraphHit",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,19 @@ class AliasRecord:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class TrackingUpdate:
+    """Move a consumer's position in the event log by compare-and-set.
+
+    ``expected`` is the position the consumer read (``None``: it has no row yet); the write fails
+    with :class:`~forseti.errors.ConflictError` if another instance moved it meanwhile.
+    """
+
+    consumer: str
+    expected: int | None
+    last_seq: int
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything one commit writes, in one transaction: all of it or none of it."""
@@ -68,6 +89,7 @@ class WriteBatch:
     versions: list[VersionRecord] = field(default_factory=list)
     edges: list[EdgeRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
+    tracking: TrackingUpdate | None = None
 
 
 @dataclass(frozen=True, slots=True)

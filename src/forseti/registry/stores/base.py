@@ -11,9 +11,17 @@ from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from ...errors import ConflictError, NotFoundError, ValidationError
-from ..records import AliasRecord, EventRecord, GraphHit, VersionRecord, WriteBatch
+from ..records import (
+    AliasRecord,
+    EventRecord,
+    GraphHit,
+    TrackingUpdate,
+    VersionRecord,
+    WriteBatch,
+)
 
-__all__ = ["Store", "check_append", "check_new_lineage", "alias_conflict", "walk_graph"]
+__all__ = ["Store", "check_append", "check_new_lineage", "alias_conflict",
+    "tracking_conflict", "walk_graph"]
 
 
 class Store(ABC):
@@ -80,13 +88,19 @@ class Store(ABC):
 
     @abstractmethod
     def set_alias(
-        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+        self,
+        lineage_id: UUID,
+        alias: str,
+        version: int,
+        expected_revision: int | None,
+        events: Sequence[EventRecord] = (),
     ) -> AliasRecord:
         """Point ``alias`` at ``version`` by compare-and-set.
 
         ``expected_revision=None`` creates the alias and fails if it exists; otherwise the stored
-        revision must equal it. Raises :class:`ConflictError` when the check fails and
-        :class:`NotFoundError` when the version does not exist.
+        revision must equal it. ``events`` are appended to the log in the same transaction.
+        Raises :class:`ConflictError` when the check fails and :class:`NotFoundError` when the
+        version does not exist.
         """
 
     @abstractmethod
@@ -98,6 +112,10 @@ class Store(ABC):
         limit: int | None = None,
     ) -> list[EventRecord]:
         """Events with ``seq > since_seq`` in commit order, optionally filtered."""
+
+    @abstractmethod
+    def get_tracking(self, consumer: str) -> int | None:
+        """The last event ``seq`` a consumer processed, or ``None`` if it never recorded one."""
 
     def changed_externally(self) -> bool:
         """Whether another writer may have changed the store since this process last looked.
@@ -153,6 +171,16 @@ def check_append(
         raise ValidationError(
             f"lineage {rec.lineage_id} holds {head_type!r} entities, not {rec.type_name!r}"
         )
+
+
+def tracking_conflict(update: TrackingUpdate, actual: int | None) -> ConflictError:
+    """The error for a failed compare-and-set of a consumer's tracking row."""
+    return ConflictError(
+        f"consumer {update.consumer!r} is at seq {actual}, not {update.expected}: another "
+        f"instance processed events meanwhile",
+        expected=update.expected,
+        actual=actual,
+    )
 
 
 def alias_conflict(

@@ -18,7 +18,7 @@ from ...errors import (
     ValidationError,
 )
 from ..records import AliasRecord, EdgeRecord, EventRecord, VersionRecord, WriteBatch
-from .base import Store, alias_conflict, check_append, check_new_lineage
+from .base import Store, alias_conflict, check_append, check_new_lineage, tracking_conflict
 
 __all__ = ["MemoryStore"]
 
@@ -41,6 +41,7 @@ class MemoryStore(Store):
         self._aliases: dict[tuple[int, str], AliasRecord] = {}
         self._events: list[EventRecord] = []
         self._event_ids: set[int] = set()
+        self._tracking: dict[str, int] = {}
         self._closed = False
 
     def _check_open(self) -> None:
@@ -76,9 +77,15 @@ class MemoryStore(Store):
                     ops.add(rec.op_id)
                 staged[lid] = rec
                 ids.add(rid)
+            event_ids = set()
             for ev in batch.events:
-                if ev.event_id.int in self._event_ids:
+                eid = ev.event_id.int
+                if eid in self._event_ids or eid in event_ids:
                     raise ValidationError(f"event {ev.event_id} is already in the log")
+                event_ids.add(eid)
+            track = batch.tracking
+            if track is not None and self._tracking.get(track.consumer) != track.expected:
+                raise tracking_conflict(track, self._tracking.get(track.consumer))
             # every check passed: apply
             for rec in batch.versions:
                 lid = rec.lineage_id.int
@@ -106,6 +113,8 @@ class MemoryStore(Store):
                 self._events.append(stored)
                 self._event_ids.add(ev.event_id.int)
                 out.append(stored)
+            if track is not None:
+                self._tracking[track.consumer] = track.last_seq
             return out
 
     # -- reads ---------------------------------------------------------------------------------
@@ -179,7 +188,12 @@ class MemoryStore(Store):
             )
 
     def set_alias(
-        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+        self,
+        lineage_id: UUID,
+        alias: str,
+        version: int,
+        expected_revision: int | None,
+        events: Sequence[EventRecord] = (),
     ) -> AliasRecord:
         with self._lock:
             self._check_open()
@@ -190,6 +204,8 @@ class MemoryStore(Store):
             if actual != expected_revision:
                 raise alias_conflict(lineage_id, alias, expected_revision, actual)
             rec = AliasRecord(lineage_id, alias, version, (actual or 0) + 1)
+            if events:
+                self.write(WriteBatch(events=list(events)))
             self._aliases[(lineage_id.int, alias)] = rec
             return rec
 
@@ -214,6 +230,10 @@ class MemoryStore(Store):
                 if limit is not None and len(out) >= limit:
                     break
             return out
+
+    def get_tracking(self, consumer: str) -> int | None:
+        self._check_open()
+        return self._tracking.get(consumer)
 
     def changed_externally(self) -> bool:
         return False

@@ -37,10 +37,16 @@ from ...errors import (
     StoreClosedError,
     ValidationError,
 )
-from ..records import AliasRecord, EventRecord, VersionRecord, WriteBatch
+from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from ..urls import _options, redact
-from .base import Store, check_append, check_new_lineage
+from .base import (
+    Store,
+    alias_conflict,
+    check_append,
+    check_new_lineage,
+    tracking_conflict,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -63,8 +69,19 @@ _LOST = (
 )
 _MAYBE_LOST = (*_LOST, asyncpg.InterfaceError)
 # Append a version after the head in one statement: read the head, insert only if the draft
-# follows it (and then its provenance edges), and return the head so a refusal can be explained.
-# The (lineage_id, version) primary key still stops a concurrent writer that read the same head.
+# follows it (then its provenance edges, and the lineage's new name if the version renamed it:
+# find(name=...) follows the head), and return the head so a refusal can be explained. The
+# (lineage_id, version) primary key still stops a concurrent writer that read the same head.
+# Events in batch order, after the per-schema ordering lock: every output row of the join needs
+# the one-row ``lk``, so the lock is held before the first ``nextval`` (seq) is drawn, and until
+# COMMIT, so seq follows commit order for readers tailing the log.
+_EVENTS = (
+    "WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock($7, $8)) "
+    "INSERT INTO events (event_id, lineage_id, version, topic, payload, recorded_at) "
+    "SELECT e, l, v, t, p, r FROM lk, unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], "
+    "$5::bytea[], $6::timestamptz[]) WITH ORDINALITY x(e, l, v, t, p, r, o) "
+    "ORDER BY o RETURNING event_id, seq"
+)
 _APPEND = (
     "WITH head AS (SELECT version, id, type FROM entity_versions WHERE lineage_id = $2::uuid "
     "ORDER BY version DESC LIMIT 1), "
@@ -74,7 +91,9 @@ _APPEND = (
     "RETURNING 1), "
     "edges AS (INSERT INTO provenance_edges (src_id, dst_id, relation) "
     "SELECT * FROM unnest($10::uuid[], $11::uuid[], $12::text[]) WHERE EXISTS (SELECT FROM ins) "
-    "ON CONFLICT DO NOTHING) "
+    "ON CONFLICT DO NOTHING), "
+    "ren AS (UPDATE lineages SET name = $13::text WHERE lineage_id = $2::uuid "
+    "AND name IS DISTINCT FROM $13::text AND EXISTS (SELECT FROM ins)) "
     "SELECT h.version, h.id, h.type, EXISTS (SELECT FROM ins) FROM (VALUES (1)) one "
     "LEFT JOIN head h ON true"
 )
@@ -348,6 +367,7 @@ class PostgresStore(Store):
                     _APPEND, rec.id, rec.lineage_id, rec.version, rec.previous_id, rec.type_name,
                     rec.state, rec.state_hash, rec.created_at, rec.op_id,
                     [e.src_id for e in edges], [e.dst_id for e in edges], [e.relation for e in edges],
+                    rec.name,
                 )  # fmt: skip
                 if not row[3]:  # the head check failed: say why, exactly as the other stores do
                     head = None if row[0] is None else (row[0], UUID(int=row[1].int), row[2])
@@ -376,18 +396,22 @@ class PostgresStore(Store):
                 "ON CONFLICT DO NOTHING",
                 [(e.src_id, e.dst_id, e.relation) for e in batch.edges],
             )
-        if not batch.events:
+        out = await self._append_events(conn, batch.events)
+        if batch.tracking is not None:
+            await self._track(conn, batch.tracking)
+        return out
+
+    async def _append_events(
+        self, conn: asyncpg.Connection, evs: Sequence[EventRecord]
+    ) -> list[EventRecord]:
+        if not evs:
             return []
-        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *self._events_lock)
-        evs = batch.events
-        try:  # one statement for the whole batch; seq follows the batch's order
+        try:
             rows = await conn.fetch(
-                "INSERT INTO events (event_id, lineage_id, version, topic, payload, recorded_at) "
-                "SELECT e, l, v, t, p, r FROM unnest($1::uuid[], $2::uuid[], $3::int4[], "
-                "$4::text[], $5::bytea[], $6::timestamptz[]) WITH ORDINALITY x(e, l, v, t, p, r, o) "
-                "ORDER BY o RETURNING event_id, seq",
+                _EVENTS,
                 [e.event_id for e in evs], [e.lineage_id for e in evs], [e.version for e in evs],
                 [e.topic for e in evs], [e.payload for e in evs], [e.recorded_at for e in evs],
+                *self._events_lock,
             )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
             found = re.search(r"\(event_id\)=\(([0-9a-fA-F-]+)\)", exc.detail or "")
@@ -395,6 +419,33 @@ class PostgresStore(Store):
             raise ValidationError(f"event {which} is already in the log") from None
         seqs = {r[0]: r[1] for r in rows}
         return [replace(ev, seq=seqs[ev.event_id]) for ev in evs]
+
+    @staticmethod
+    async def _track(conn: asyncpg.Connection, update: TrackingUpdate) -> None:
+        """Move a consumer's position by compare-and-set, in the caller's transaction."""
+        if update.expected is None:
+            done = await conn.fetchval(
+                "INSERT INTO tracking (consumer, last_seq) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                update.consumer,
+                update.last_seq,
+            )
+        else:
+            done = await conn.fetchval(
+                "UPDATE tracking SET last_seq=$1 WHERE consumer=$2 AND last_seq=$3 RETURNING 1",
+                update.last_seq,
+                update.consumer,
+                update.expected,
+            )
+        if done is None:
+            actual = await conn.fetchval(
+                "SELECT last_seq FROM tracking WHERE consumer=$1", update.consumer
+            )
+            raise tracking_conflict(update, actual)
+
+    def get_tracking(self, consumer: str) -> int | None:
+        rows = self._rows("SELECT last_seq FROM tracking WHERE consumer=$1", consumer)
+        return rows[0][0] if rows else None
 
     async def _map_unique(
         self, conn: asyncpg.Connection, exc: asyncpg.UniqueViolationError, rec: VersionRecord | None
@@ -504,12 +555,23 @@ class PostgresStore(Store):
         return [AliasRecord(lineage_id, a, v, r) for a, v, r in rows]
 
     def set_alias(
-        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+        self,
+        lineage_id: UUID,
+        alias: str,
+        version: int,
+        expected_revision: int | None,
+        events: Sequence[EventRecord] = (),
     ) -> AliasRecord:
-        return self._call(self._set_alias, lineage_id, alias, version, expected_revision)
+        return self._call(self._set_alias, lineage_id, alias, version, expected_revision, events)
 
     async def _set_alias(
-        self, conn: asyncpg.Connection, lid: UUID, alias: str, version: int, expected: int | None
+        self,
+        conn: asyncpg.Connection,
+        lid: UUID,
+        alias: str,
+        version: int,
+        expected: int | None,
+        events: Sequence[EventRecord],
     ) -> AliasRecord:
         async with conn.transaction():
             if not await conn.fetchval(
@@ -532,14 +594,8 @@ class PostgresStore(Store):
                 actual = await conn.fetchval(
                     "SELECT revision FROM aliases WHERE lineage_id=$1 AND alias=$2", lid, alias
                 )
-                what = "does not exist" if actual is None else f"is at revision {actual}"
-                raise ConflictError(
-                    f"alias {alias!r} of lineage {lid} {what}, not "
-                    f"{'absent' if expected is None else f'revision {expected}'}",
-                    lineage_id=lid,
-                    expected=expected,
-                    actual=actual,
-                )
+                raise alias_conflict(lid, alias, expected, actual)
+            await self._append_events(conn, events)
         return AliasRecord(lid, alias, version, new)
 
     # -- events --------------------------------------------------------------------------------

@@ -25,9 +25,15 @@ from ...errors import (
     StoreClosedError,
     ValidationError,
 )
-from ..records import AliasRecord, EventRecord, VersionRecord, WriteBatch
+from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
-from .base import Store, alias_conflict, check_append, check_new_lineage
+from .base import (
+    Store,
+    alias_conflict,
+    check_append,
+    check_new_lineage,
+    tracking_conflict,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -168,25 +174,56 @@ class SQLiteStore(Store):
                 "INSERT OR IGNORE INTO provenance_edges (src_id, dst_id, relation) VALUES (?,?,?)",
                 [(e.src_id.hex, e.dst_id.hex, e.relation) for e in batch.edges],
             )
-        out = []
-        for ev in batch.events:
+        out: list[EventRecord] = []
+        if batch.events:
+            base = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
             try:
-                cur = conn.execute(
-                    "INSERT INTO events (event_id, lineage_id, version, topic, payload, recorded_at) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (
-                        ev.event_id.hex,
-                        ev.lineage_id.hex if ev.lineage_id else None,
-                        ev.version,
-                        ev.topic,
-                        ev.payload,
-                        _ts(ev.recorded_at),
-                    ),
+                conn.executemany(
+                    "INSERT INTO events (seq, event_id, lineage_id, version, topic, payload, "
+                    "recorded_at) VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (
+                            base + i,
+                            ev.event_id.hex,
+                            ev.lineage_id.hex if ev.lineage_id else None,
+                            ev.version,
+                            ev.topic,
+                            ev.payload,
+                            _ts(ev.recorded_at),
+                        )
+                        for i, ev in enumerate(batch.events, 1)
+                    ],
                 )
-            except sqlite3.IntegrityError:
-                raise ValidationError(f"event {ev.event_id} is already in the log") from None
-            out.append(replace(ev, seq=cur.lastrowid))
+            except sqlite3.IntegrityError as exc:
+                raise ValidationError(f"an event of this batch is already in the log: {exc}") from None
+            out = [replace(ev, seq=base + i) for i, ev in enumerate(batch.events, 1)]
+        if batch.tracking is not None:
+            self._track(conn, batch.tracking)
         return out
+
+    @staticmethod
+    def _track(conn: sqlite3.Connection, update: TrackingUpdate) -> None:
+        if update.expected is None:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO tracking (consumer, last_seq) VALUES (?, ?)",
+                (update.consumer, update.last_seq),
+            )
+        else:
+            cur = conn.execute(
+                "UPDATE tracking SET last_seq=? WHERE consumer=? AND last_seq=?",
+                (update.last_seq, update.consumer, update.expected),
+            )
+        if cur.rowcount != 1:
+            row = conn.execute(
+                "SELECT last_seq FROM tracking WHERE consumer=?", (update.consumer,)
+            ).fetchone()
+            raise tracking_conflict(update, row[0] if row else None)
+
+    def get_tracking(self, consumer: str) -> int | None:
+        row = self._conn().execute(
+            "SELECT last_seq FROM tracking WHERE consumer=?", (consumer,)
+        ).fetchone()
+        return row[0] if row else None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -296,7 +333,12 @@ class SQLiteStore(Store):
         return [AliasRecord(lineage_id, a, v, r) for a, v, r in rows]
 
     def set_alias(
-        self, lineage_id: UUID, alias: str, version: int, expected_revision: int | None
+        self,
+        lineage_id: UUID,
+        alias: str,
+        version: int,
+        expected_revision: int | None,
+        events: Sequence[EventRecord] = (),
     ) -> AliasRecord:
         conn = self._conn()
         lid = lineage_id.hex
@@ -326,6 +368,8 @@ class SQLiteStore(Store):
                     actual = self._alias_revision(conn, lid, alias)
                     raise alias_conflict(lineage_id, alias, expected_revision, actual)
                 new = expected_revision + 1
+            if events:
+                self._write(conn, WriteBatch(events=list(events)))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
