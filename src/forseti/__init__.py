@@ -26,6 +26,7 @@ from .entities import (
     TrainingStageEntity,
 )
 from .errors import (
+    BackpressureError,
     ConfigError,
     ConflictError,
     DuplicateOperationError,
@@ -37,7 +38,23 @@ from .errors import (
     UnknownEntityTypeError,
     ValidationError,
 )
+from .events import (
+    AliasMoved,
+    CallCompleted,
+    CallFailed,
+    CallStarted,
+    EntityRegistered,
+    EntityVersionCommitted,
+    Event,
+    EventBus,
+    HandlerFailed,
+    caused_by,
+    current_event,
+    emit_events,
+    on,
+)
 from .registry import AsyncEntityRegistry, EntityRegistry, aopen, open
+from .registry.eventlog import Projection, ProjectionReport, StoredEvent
 
 __version__ = "0.1.0"
 
@@ -61,6 +78,23 @@ __all__ = [
     "TrainingRunEntity",
     "PipelineEntity",
     "TrainingStageEntity",
+    "Event",
+    "EventBus",
+    "on",
+    "emit_events",
+    "caused_by",
+    "current_event",
+    "HandlerFailed",
+    "CallStarted",
+    "CallCompleted",
+    "CallFailed",
+    "EntityRegistered",
+    "EntityVersionCommitted",
+    "AliasMoved",
+    "Projection",
+    "ProjectionReport",
+    "StoredEvent",
+    "BackpressureError",
     "ForsetiError",
     "ValidationError",
     "ConflictError",

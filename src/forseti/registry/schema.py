@@ -1,7 +1,7 @@
 """The store schema, defined once with SQLAlchemy Core and rendered as DDL for each dialect.
 
 Constraint names are part of the contract: stores tell a version conflict (``pk_entity_versions``)
-from a replayed operation (``uq_entity_versions_op_id``) by the name the database reports.
+from a replayed operation (``pk_operations``) by the name the database reports.
 """
 
 from __future__ import annotations
@@ -66,9 +66,19 @@ entity_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("lineage_id", "version", name="pk_entity_versions"),
     UniqueConstraint("id", name="uq_entity_versions_id"),
-    UniqueConstraint("op_id", name="uq_entity_versions_op_id"),
     ForeignKeyConstraint(["lineage_id"], ["lineages.lineage_id"], name="fk_entity_versions_lineage"),
 )
+
+Index("ix_entity_versions_op_id", entity_versions.c.op_id)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("op_id", String(128), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("op_id", name="pk_operations"),
+)
+"""One row per committed operation id: the idempotency check (a replay hits the primary key)."""
 
 provenance_edges = Table(
     "provenance_edges",

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from uuid import UUID
 
-from ...errors import ConflictError, NotFoundError, ValidationError
+from ...errors import ConflictError, DuplicateOperationError, NotFoundError, ValidationError
 from ..records import (
     AliasRecord,
     EventRecord,
@@ -21,7 +21,7 @@ from ..records import (
 )
 
 __all__ = ["Store", "check_append", "check_new_lineage", "alias_conflict",
-    "tracking_conflict", "walk_graph"]
+    "tracking_conflict", "walk_graph", "op_ids", "duplicate_operation"]
 
 
 class Store(ABC):
@@ -60,7 +60,7 @@ class Store(ABC):
 
     @abstractmethod
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
-        """The versions an operation wrote (empty if the op_id was never committed)."""
+        """The versions an operation wrote, by lineage id then version (empty if none)."""
 
     @abstractmethod
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
@@ -132,6 +132,16 @@ class Store(ABC):
     def describe(self) -> str:
         """A human-readable, password-free description of where the data lives."""
         return self.dialect
+
+
+def op_ids(batch: WriteBatch) -> list[str]:
+    """The distinct operation ids of a batch's versions, in order."""
+    return list(dict.fromkeys(r.op_id for r in batch.versions if r.op_id is not None))
+
+
+def duplicate_operation(op_id: str) -> DuplicateOperationError:
+    """The error for an operation id that was already committed."""
+    return DuplicateOperationError(f"operation {op_id!r} was already committed", op_id=op_id)
 
 
 def check_new_lineage(rec: VersionRecord, existing_head: int | None) -> None:

@@ -12,13 +12,19 @@ from dataclasses import replace
 from uuid import UUID
 
 from ...errors import (
-    DuplicateOperationError,
     NotFoundError,
     StoreClosedError,
     ValidationError,
 )
 from ..records import AliasRecord, EdgeRecord, EventRecord, VersionRecord, WriteBatch
-from .base import Store, alias_conflict, check_append, check_new_lineage, tracking_conflict
+from .base import (
+    Store,
+    alias_conflict,
+    check_append,
+    check_new_lineage,
+    duplicate_operation,
+    tracking_conflict,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -71,9 +77,7 @@ class MemoryStore(Store):
                     raise ValidationError(f"a version with id {rec.id} is already stored")
                 if rec.op_id is not None:
                     if rec.op_id in self._by_op and rec.op_id not in ops:
-                        raise DuplicateOperationError(
-                            f"operation {rec.op_id!r} was already committed", op_id=rec.op_id
-                        )
+                        raise duplicate_operation(rec.op_id)
                     ops.add(rec.op_id)
                 staged[lid] = rec
                 ids.add(rid)
@@ -137,7 +141,7 @@ class MemoryStore(Store):
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
         self._check_open()
-        return list(self._by_op.get(op_id, ()))
+        return sorted(self._by_op.get(op_id, ()), key=lambda r: (r.lineage_id.hex, r.version))
 
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
         self._check_open()

@@ -45,6 +45,8 @@ from .base import (
     alias_conflict,
     check_append,
     check_new_lineage,
+    duplicate_operation,
+    op_ids,
     tracking_conflict,
 )
 
@@ -357,6 +359,13 @@ class PostgresStore(Store):
     async def _write_tx(
         self, conn: asyncpg.Connection, batch: WriteBatch, current: list[VersionRecord]
     ) -> list[EventRecord]:
+        for op_id in op_ids(batch):
+            if await conn.fetchval(
+                "INSERT INTO operations (op_id, recorded_at) VALUES ($1, now()) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                op_id,
+            ) is None:
+                raise duplicate_operation(op_id)
         # the usual commit (one version after the first) is one statement with its edges
         inline = len(batch.versions) == 1 and batch.versions[0].version > 1
         for rec in batch.versions:
@@ -454,10 +463,6 @@ class PostgresStore(Store):
         name = exc.constraint_name or ""
         if rec is None:
             return IntegrityError(f"the store refused the write: {exc}")
-        if name == "uq_entity_versions_op_id":
-            return DuplicateOperationError(
-                f"operation {rec.op_id!r} was already committed", op_id=rec.op_id or ""
-            )
         if name == "uq_entity_versions_id":
             return ValidationError(f"a version with id {rec.id} is already stored")
         if name not in ("pk_entity_versions", "pk_lineages"):
@@ -505,9 +510,7 @@ class PostgresStore(Store):
         return self._one(_SELECT + "id=$1", version_id)
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
-        # insertion order, like SQLite's rowid: the table is append-only (no updates or deletes)
-        # and one op_id is one transaction, so the physical order (ctid) is the insert order
-        return self._many(_SELECT + "op_id=$1 ORDER BY ctid", op_id)
+        return self._many(_SELECT + "op_id=$1 ORDER BY lineage_id, version", op_id)
 
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
         return self._many(_SELECT + "lineage_id=$1 ORDER BY version", lineage_id)

@@ -18,7 +18,6 @@ from uuid import UUID
 
 from ...errors import (
     ConflictError,
-    DuplicateOperationError,
     IntegrityError,
     NotFoundError,
     SchemaVersionError,
@@ -32,6 +31,8 @@ from .base import (
     alias_conflict,
     check_append,
     check_new_lineage,
+    duplicate_operation,
+    op_ids,
     tracking_conflict,
 )
 
@@ -134,6 +135,13 @@ class SQLiteStore(Store):
         return out
 
     def _write(self, conn: sqlite3.Connection, batch: WriteBatch) -> list[EventRecord]:
+        for op_id in op_ids(batch):
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO operations (op_id, recorded_at) VALUES (?, ?)",
+                (op_id, _ts(batch.versions[0].created_at)),
+            )
+            if cur.rowcount != 1:
+                raise duplicate_operation(op_id)
         for rec in batch.versions:
             lid = rec.lineage_id.hex
             row = conn.execute(
@@ -266,7 +274,9 @@ class SQLiteStore(Store):
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
         rows = self._conn().execute(
-            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE op_id=?", (op_id,)
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE op_id=? "
+            "ORDER BY lineage_id, version",
+            (op_id,),
         ).fetchall()
         return [self._version(r) for r in rows]  # type: ignore[misc]
 
@@ -447,10 +457,6 @@ class SQLiteStore(Store):
 
 def _map_integrity(exc: sqlite3.IntegrityError, rec: VersionRecord) -> Exception:
     text = str(exc)
-    if "entity_versions.op_id" in text:
-        return DuplicateOperationError(
-            f"operation {rec.op_id!r} was already committed", op_id=rec.op_id or ""
-        )
     if "entity_versions.id" in text:
         return ValidationError(f"a version with id {rec.id} is already stored")
     if "entity_versions.lineage_id" in text:
