@@ -69,6 +69,9 @@ class EntityRegistry:
         self._cache_size = cache_size
         self._versions: OrderedDict[EntityRef, Entity] = OrderedDict()  # immutable: safe to cache
         self._heads: dict[UUID, Entity] = {}
+        # bumped whenever the head cache is dropped: a read that began before a drop must not
+        # put its (possibly older) head back
+        self._generation = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -246,17 +249,14 @@ class EntityRegistry:
                 raise ValidationError("give a version or an alias, not both")
             version = self.alias(lid, alias).version
         if version is None:
-            if self._store.changed_externally():
-                with self._lock:
-                    self._heads.clear()
-            else:
-                hit = self._heads.get(lid)
-                if hit is not None:
-                    return hit
+            generation = self._fresh_generation()
+            hit = self._heads.get(lid)
+            if hit is not None:
+                return hit
             rec = self._store.head(lid)
             if rec is None:
                 raise NotFoundError(f"no lineage {lid}")
-            return self._load(rec, head=True)
+            return self._load(rec, head=True, generation=generation)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValidationError(f"version must be an integer >= 1, got {version!r}")
         cached = self._cached(EntityRef(lid, version))
@@ -299,12 +299,13 @@ class EntityRegistry:
                 f"{entity_cls.__name__} has no field(s) {', '.join(sorted(unknown))}"
             )
         name = fields.get("name")
+        generation = self._fresh_generation()
         records = self._store.find_heads(
             sorted(entity_types(entity_cls)), name if isinstance(name, str) else None
         )
         out = []
         for rec in records:
-            entity = self._load(rec, head=True)
+            entity = self._load(rec, head=True, generation=generation)
             if all(normalize(getattr(entity, k)) == normalize(v) for k, v in fields.items()):
                 out.append(entity)
         return out  # type: ignore[return-value]
@@ -470,12 +471,20 @@ class EntityRegistry:
     def _cached(self, ref: EntityRef) -> Entity | None:
         return self._versions.get(ref)
 
-    def _load(self, rec: VersionRecord, head: bool = False) -> Entity:
+    def _fresh_generation(self) -> int:
+        """Drop the head cache if another writer may have moved a head; the current generation."""
+        if self._store.changed_externally():
+            with self._lock:
+                self._heads.clear()
+                self._generation += 1
+        return self._generation
+
+    def _load(self, rec: VersionRecord, head: bool = False, generation: int | None = None) -> Entity:
         hit = self._versions.get(EntityRef(rec.lineage_id, rec.version))
         if hit is None or hit.id != rec.id:
             hit = decode_version(rec)
         with self._lock:
-            self._remember(hit, head)
+            self._remember(hit, head and generation in (None, self._generation))
         return hit
 
     def _remember(self, entity: Entity, head: bool) -> None:
