@@ -1,4 +1,4 @@
-"""The ``Entity`` base and the AI entity types: identity, drafts, immutability, validation, types."""
+"""The ``Entity`` base and the AI entity types: identity, drafts, immutability, validation."""
 
 from __future__ import annotations
 
@@ -36,7 +36,14 @@ AI_TYPES = [
     fs.PipelineEntity,
     fs.TrainingStageEntity,
 ]
-EXPECTED_SYSTEM_FIELDS = ("id", "lineage_id", "version", "previous_id", "created_at", "derived_from")
+EXPECTED_SYSTEM_FIELDS = (
+    "id",
+    "lineage_id",
+    "version",
+    "previous_id",
+    "created_at",
+    "derived_from",
+)
 
 
 def blob(data: bytes = b"weights", fmt: str = "safetensors") -> fs.BlobRef:
@@ -281,8 +288,13 @@ def test_deep_freeze_and_thaw_are_inverse() -> None:
 def test_entities_with_frozen_maps_can_be_pickled_and_copied() -> None:
     """Entities cross process boundaries (multiprocessing, Ray) by pickle; copies must work."""
     c = fs.ConfigEntity(name="c", params={"lr": 0.1, "nested": {"x": [1, 2]}})
-    assert pickle.loads(pickle.dumps(c)) == c
-    assert copy.deepcopy(c) == c
+    for clone in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c)):
+        assert clone == c and hash(clone) == hash(c)
+        assert isinstance(clone.params, FrozenDict)
+        assert isinstance(clone.params["nested"], FrozenDict)
+        assert clone.params["nested"]["x"] == (1, 2)
+        with pytest.raises(TypeError):
+            clone.params["lr"] = 1.0  # still frozen after the round trip
     assert copy.copy(c.params) == c.params
 
 
@@ -451,7 +463,7 @@ def test_subclass_without_a_name_gets_module_and_qualname() -> None:
 def test_a_type_name_cannot_be_taken_by_another_class() -> None:
     with pytest.raises(TypeError) as info:
 
-        class Impostor(fs.Entity):  # noqa: F811 - defined only to be refused
+        class Impostor(fs.Entity):
             entity_type: ClassVar[str] = "tests.EvalReport"
 
     assert "tests.EvalReport" in str(info.value)
@@ -549,13 +561,20 @@ def _msgpack_round_trip(entity: fs.Entity) -> fs.Entity:
 def test_every_ai_type_round_trips_through_msgpack() -> None:
     now = datetime.now(UTC)
     samples: list[fs.Entity] = [
-        fs.ModelEntity(name="m", hidden_size=4, hyperparameters={"a": [1, {"b": None}]},
-                       weights=blob()),
+        fs.ModelEntity(
+            name="m", hidden_size=4, hyperparameters={"a": [1, {"b": None}]}, weights=blob()
+        ),
         checkpoint(optimizer_state=blob(b"opt"), metrics={"loss": 0.25}, derived_from=(ref(),)),
         fs.DatasetEntity(name="d", num_examples=3, splits={"train": 3}, data=blob(b"d")),
         fs.ConfigEntity(name="c", params={"lr": 0.1}),
-        fs.TrainingRunEntity(name="r", model=ref(), status="completed", started_at=now,
-                             finished_at=now, metrics={"acc": 0.9}),
+        fs.TrainingRunEntity(
+            name="r",
+            model=ref(),
+            status="completed",
+            started_at=now,
+            finished_at=now,
+            metrics={"acc": 0.9},
+        ),
         fs.PipelineEntity(name="p", stages=(ref(), ref())),
         fs.TrainingStageEntity(name="s", kind="sft", depends_on=("a",), run=ref()),
         LoRAModel(name="l", rank=2),
@@ -585,7 +604,9 @@ _json_scalar = (
 )
 _json = st.recursive(
     _json_scalar,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=16,
 )
 _params = st.dictionaries(st.text(max_size=8), _json, max_size=6)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 import hashlib
 import math
 import os
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import uuid4
@@ -16,6 +16,7 @@ from uuid import uuid4
 import pytest
 
 import forseti as fs
+from forseti.errors import DuplicateOperationError
 from forseti.registry import AsyncEntityRegistry
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -243,6 +244,33 @@ def test_commit_many_is_all_or_nothing(reg: fs.EntityRegistry) -> None:
     assert reg.commit(good_a).version == 2
 
 
+def test_an_operation_id_commits_once(reg: fs.EntityRegistry) -> None:
+    """A replayed operation is recognised as such (DuplicateOperationError), never as a conflict.
+
+    The operation scheduler turns DuplicateOperationError into an idempotent replay; a replay
+    reported as a ConflictError would be re-applied and committed twice.
+    """
+    a = reg.add(fs.ModelEntity(name="a", hidden_size=1))
+    draft = a.evolve(hidden_size=2)
+    new = fs.DatasetEntity(name="d")
+    assert reg.commit_many([draft, new], op_id="op-1") == [draft, new]
+    before = (lineage_states(reg, a.lineage_id), lineage_states(reg, new.lineage_id))
+    with pytest.raises(DuplicateOperationError) as info:
+        reg.commit_many([draft, new], op_id="op-1")  # the very same batch, replayed
+    assert info.value.op_id == "op-1"
+    other = draft.evolve(hidden_size=3)
+    with pytest.raises(DuplicateOperationError):
+        reg.commit_many([other], op_id="op-1")  # new work under a used id
+    with pytest.raises(DuplicateOperationError):
+        reg.commit_many([a.evolve()], op_id="op-1")  # a stale draft under a used id
+    assert (lineage_states(reg, a.lineage_id), lineage_states(reg, new.lineage_id)) == before
+    assert_missing(reg, other)
+    # several versions may share one operation id, and a fresh id commits
+    more = reg.commit_many([other, other.evolve(hidden_size=4)], op_id="op-2")
+    assert [m.version for m in more] == [3, 4]
+    assert reg.get(a.lineage_id).hidden_size == 4
+
+
 # -- find -------------------------------------------------------------------------------------
 
 
@@ -280,7 +308,7 @@ def test_find_by_type_subclass_and_fields(reg: fs.EntityRegistry) -> None:
 
 
 def test_find_uses_the_head_name_after_a_rename(reg: fs.EntityRegistry) -> None:
-    """find() matches head versions; a lineage renamed by a later version is found by its new name."""
+    """find() matches heads: a lineage renamed by a later version is found by its new name."""
     old = reg.add(fs.ModelEntity(name="draft-model"))
     renamed = reg.commit(old.evolve(name="final-model"))
     assert reg.find(fs.ModelEntity, name="draft-model") == []
@@ -293,6 +321,49 @@ def test_find_matches_json_map_fields_given_as_plain_values(reg: fs.EntityRegist
     cfg = reg.add(fs.ConfigEntity(name="c", params=params))
     assert reg.find(fs.ConfigEntity, params={"scalar": 1}) == []
     assert reg.find(fs.ConfigEntity, params=params) == [cfg]
+
+
+class LongRefReport(fs.Entity):
+    entity_type: ClassVar[str] = "tests.contract.LongRefReport"
+
+    the_checkpoint_this_evaluation_report_was_computed_from_at_the_end: fs.EntityRef
+
+
+def test_long_reference_field_names_are_stored_on_every_backend(reg: fs.EntityRegistry) -> None:
+    """A ref field's name is the provenance relation; any Python field name must be storable."""
+    src = reg.add(fs.DatasetEntity(name="d"))
+    report = reg.add(
+        LongRefReport(the_checkpoint_this_evaluation_report_was_computed_from_at_the_end=src.ref)
+    )
+    assert reg.ancestors(report) == [src.ref]
+    assert reg.get(report.lineage_id) == report
+
+
+class FreeTextNote(fs.Entity):
+    entity_type: ClassVar[str] = "tests.contract.FreeTextNote"
+
+    name: str  # a custom type's name need not be a (length-limited) forseti Name
+
+
+def test_long_names_of_custom_types_are_stored_and_found(reg: fs.EntityRegistry) -> None:
+    long_name = "n" * 1000
+    note = reg.add(FreeTextNote(name=long_name))
+    assert reg.get(note.lineage_id) == note
+    assert reg.find(FreeTextNote, name=long_name) == [note]
+
+
+def test_long_type_names_are_refused_up_front_or_stored(reg: fs.EntityRegistry) -> None:
+    """A type name the store cannot hold must be refused when the class is defined, not later."""
+    try:
+
+        class VeryLongTypeName(fs.Entity):
+            entity_type: ClassVar[str] = "tests.contract." + "T" * 300
+
+    except TypeError:
+        return
+    e = reg.add(VeryLongTypeName())
+    assert reg.get(e.lineage_id) == e
+    assert reg.find(VeryLongTypeName) == [e]
 
 
 # -- provenance -------------------------------------------------------------------------------
@@ -338,6 +409,22 @@ def test_derived_from_inside_one_batch(reg: fs.EntityRegistry) -> None:
     assert reg.descendants(src) == [out.ref]
 
 
+def test_provenance_cannot_form_a_cycle(reg: fs.EntityRegistry) -> None:
+    """Provenance is a DAG: no version derives from itself, nor two drafts from each other."""
+    la, lb = uuid4(), uuid4()
+    itself = fs.DatasetEntity(name="self", lineage_id=la, derived_from=(fs.EntityRef(la, 1),))
+    with pytest.raises(fs.ValidationError):
+        reg.add(itself)
+    assert_missing(reg, itself)
+    a = fs.DatasetEntity(name="a", lineage_id=la, derived_from=(fs.EntityRef(lb, 1),))
+    b = fs.DatasetEntity(name="b", lineage_id=lb, derived_from=(fs.EntityRef(la, 1),))
+    with pytest.raises(fs.ValidationError):
+        reg.commit_many([a, b])
+    assert_missing(reg, a)
+    assert_missing(reg, b)
+    assert reg.find(fs.DatasetEntity) == []
+
+
 def test_reference_to_a_missing_version_is_not_found_and_writes_nothing(
     reg: fs.EntityRegistry,
 ) -> None:
@@ -375,7 +462,12 @@ def test_alias_create_move_and_compare_and_set(reg: fs.EntityRegistry) -> None:
     lid = v1.lineage_id
 
     created = reg.move_alias(lid, "prod", 1, expected_revision=None)
-    assert (created.lineage_id, created.alias, created.version, created.revision) == (lid, "prod", 1, 1)
+    assert (created.lineage_id, created.alias, created.version, created.revision) == (
+        lid,
+        "prod",
+        1,
+        1,
+    )
     assert reg.alias(lid, "prod") == created
     assert reg.get(lid, alias="prod") == v1
 
@@ -412,7 +504,9 @@ def test_alias_create_move_and_compare_and_set(reg: fs.EntityRegistry) -> None:
         reg.get(lid, version=1, alias="prod")
 
 
-@pytest.mark.parametrize("name", ["", "-lead", ".hidden", "with space", "x" * 129, "é", "a/b", 5, None])
+@pytest.mark.parametrize(
+    "name", ["", "-lead", ".hidden", "with space", "x" * 129, "é", "a/b", 5, None]
+)
 def test_bad_alias_names_are_refused(reg: fs.EntityRegistry, name: Any) -> None:
     m = reg.add(fs.ModelEntity(name="m"))
     with pytest.raises(fs.ValidationError):
@@ -567,9 +661,12 @@ def test_sync_api_works_inside_a_running_event_loop(reg: fs.EntityRegistry) -> N
         with pytest.raises(fs.ConflictError):
             reg.commit(m.evolve(hidden_size=4))
         reg.move_alias(m.lineage_id, "prod", 2, expected_revision=None)
-        return reg.get(m.lineage_id), reg.get(m.lineage_id, alias="prod"), reg.history(
-            m.lineage_id
-        ), reg.ancestors(m2)
+        return (
+            reg.get(m.lineage_id),
+            reg.get(m.lineage_id, alias="prod"),
+            reg.history(m.lineage_id),
+            reg.ancestors(m2),
+        )
 
     head, prod, history, ancestors = asyncio.run(notebook_cell())
     assert head == prod and head.version == 2

@@ -67,6 +67,7 @@ class RegistryAgainstReference(RuleBasedStateMachine):
         self.lineages: list[UUID] = []
         self.stale: dict[UUID, list[fs.Entity]] = {}  # heads that have since moved
         self.blobs: list[fs.BlobRef] = []
+        self.operations: list[tuple[str, list[fs.Entity]]] = []
         self.commits = 0
 
     def teardown(self) -> None:
@@ -184,6 +185,25 @@ class RegistryAgainstReference(RuleBasedStateMachine):
         self.commits += 2
 
     @precondition(lambda self: self.lineages)
+    @rule(index=st.integers(0, 99))
+    def commit_operation(self, index: int) -> None:
+        head = self._head(index)
+        op_id = f"op-{len(self.operations)}"
+        batch = [head.evolve()]
+        kind, _ = self._both("commit_many", batch, op_id=op_id)
+        assert kind == "ok"
+        self.operations.append((op_id, batch))
+        self.stale.setdefault(head.lineage_id, []).append(head)
+        self.commits += 1
+
+    @precondition(lambda self: self.operations)
+    @rule(data=st.data())
+    def replay_operation(self, data: st.DataObject) -> None:
+        op_id, batch = data.draw(st.sampled_from(self.operations), label="operation")
+        kind, _ = self._both("commit_many", batch, op_id=op_id)
+        assert kind == "DuplicateOperationError"
+
+    @precondition(lambda self: self.lineages)
     @rule(
         index=st.integers(0, 99),
         alias=ALIASES,
@@ -204,9 +224,10 @@ class RegistryAgainstReference(RuleBasedStateMachine):
         kind, result = self._both("move_alias", lid, alias, version, expected_revision=expected)
         if kind == "ok":
             assert result.revision == (current or 0) + 1
-            assert self.real.get(lid, alias=alias).to_state() == self.ref.get(
-                lid, version=version
-            ).to_state()
+            assert (
+                self.real.get(lid, alias=alias).to_state()
+                == self.ref.get(lid, version=version).to_state()
+            )
 
     @rule(data=st.binary(max_size=256), fmt=st.sampled_from(["bin", "safetensors"]))
     def put_blob(self, data: bytes, fmt: str) -> None:

@@ -15,7 +15,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from ..errors import UnknownEntityTypeError, ValidationError
 from .refs import EntityRef
 
-__all__ = ["Entity", "SYSTEM_FIELDS", "entity_type", "entity_types", "utcnow"]
+__all__ = ["Entity", "SYSTEM_FIELDS", "MAX_VERSION", "entity_type", "entity_types", "utcnow"]
+
+MAX_VERSION = 2**31 - 1
+"""The largest version number a lineage can reach (stores keep versions as 32-bit integers)."""
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class Entity(BaseModel):
 
     id: UUID = Field(default_factory=uuid4, description="this version's id")
     lineage_id: UUID = Field(default_factory=uuid4, description="stable identity across versions")
-    version: int = Field(default=1, ge=1, description="1, 2, 3 … within the lineage")
+    version: int = Field(default=1, ge=1, le=2**31 - 1, description="1, 2, 3 … within the lineage")
     previous_id: UUID | None = Field(default=None, description="the version this one came from")
     created_at: AwareDatetime = Field(default_factory=utcnow, description="UTC")
     derived_from: tuple[EntityRef, ...] = Field(
@@ -75,8 +78,8 @@ class Entity(BaseModel):
         if not name:
             name = f"{cls.__module__}.{cls.__qualname__}"
             cls.entity_type = name
-        if not isinstance(name, str):
-            raise TypeError(f"{cls.__name__}.entity_type must be a string")
+        if not isinstance(name, str) or "\x00" in name:
+            raise TypeError(f"{cls.__name__}.entity_type must be a string without NUL characters")
         known = _TYPES.get(name)
         if known is not None and (known.__module__, known.__qualname__) != (
             cls.__module__,

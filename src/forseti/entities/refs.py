@@ -36,8 +36,10 @@ class EntityRef(_EntityRefFields):
                 raise ValidationError(
                     f"EntityRef.lineage_id must be a UUID, got {lineage_id!r}"
                 ) from None
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValidationError(f"EntityRef.version must be an integer >= 1, got {version!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
+            raise ValidationError(
+                f"EntityRef.version must be an integer from 1 to 2**31 - 1, got {version!r}"
+            )
         return super().__new__(cls, lineage_id, version)
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 
 from ..entities import EntityRef
-from ..errors import NotFoundError
+from ..errors import NotFoundError, ValidationError
 
 __all__ = [
     "Event",
@@ -32,6 +32,7 @@ __all__ = [
     "event_types",
     "UnknownEventTopicError",
     "encode_event",
+    "checked_payload",
     "decode_event",
 ]
 
@@ -113,6 +114,8 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
         if not topic:
             topic = f"{cls.__module__}.{cls.__qualname__}"
             cls.topic = topic
+        if not isinstance(topic, str) or "\x00" in topic:
+            raise TypeError(f"{cls.__name__}.topic must be a string without NUL characters")
         known = _TOPICS.get(topic)
         if known is not None and (known.__module__, known.__qualname__) != (
             cls.__module__,
@@ -150,6 +153,24 @@ _decoders: dict[type[Event], msgspec.msgpack.Decoder[Any]] = {}
 def encode_event(event: Event) -> bytes:
     """The msgpack payload of an event (its topic is stored beside it)."""
     return _encoder.encode(event)
+
+
+def checked_payload(event: Event) -> bytes:
+    """The payload of ``event``, after checking that it decodes back as its own type.
+
+    msgspec does not check field types when a struct is built, so ``Step(step="x")`` would be
+    accepted; a log entry that can never be read back must be refused before it is written.
+    """
+    payload = _encoder.encode(event)
+    cls = type(event)
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls)
+    try:
+        decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"{cls.__name__} event is ill-typed: {exc}") from None
+    return payload
 
 
 def decode_event(topic: str, payload: bytes) -> Event:

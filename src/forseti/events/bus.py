@@ -21,15 +21,14 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-
 from ..errors import BackpressureError, StoreClosedError, ValidationError
-from .base import _CURRENT, Event
+from .base import _CURRENT, Event, checked_payload
+from .runner import AsyncRunner
 
 __all__ = ["EventBus", "Subscription", "HandlerFailed", "BusStats", "on", "active_bus"]
 
@@ -37,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], Any]
+Sink = Callable[[Event, bytes], None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ACTIVE: contextvars.ContextVar[EventBus | None] = contextvars.ContextVar(
@@ -106,11 +106,20 @@ def on(
 
 
 class _Dispatcher:
-    """The queue and dispatcher task of one event loop."""
+    """The queue and dispatcher task of one event loop.
+
+    ``overflow`` holds events that the dispatcher's own handlers publish while the queue is full:
+    they cannot wait for room (only the dispatcher makes room), so they queue behind it instead.
+    """
 
     def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        self.overflow: deque[Event] = deque()
         self.task = loop.create_task(bus._serve(self))
+
+    def refill(self) -> None:
+        while self.overflow and not self.queue.full():
+            self.queue.put_nowait(self.overflow.popleft())
 
 
 class EventBus:
@@ -127,14 +136,13 @@ class EventBus:
         self._subs: list[Subscription] = []
         self._plans: dict[type[Event], tuple[Subscription, ...]] = {}
         self._order = itertools.count()
-        self._sinks: list[Callable[[Event], None]] = []
+        self._sinks: list[Sink] = []
         self._history: deque[Event] = deque(maxlen=history_size)
         self._lock = threading.Lock()
         self._dispatchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Dispatcher] = (
             weakref.WeakKeyDictionary()
         )
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
+        self._runner = AsyncRunner()
         self._pending_errors: list[Exception] = []
         self._closed = False
 
@@ -197,8 +205,12 @@ class EventBus:
                     subs.append(self.subscribe(event_type, fn, where=where, priority=priority))
         return subs
 
-    def add_sink(self, sink: Callable[[Event], None]) -> None:
-        """Also pass every published event whose type has ``persist=True`` to ``sink``."""
+    def add_sink(self, sink: Sink) -> None:
+        """Also pass every published ``persist=True`` event, with its payload, to ``sink``.
+
+        With a sink attached, such events are checked before they are accepted: an ill-typed
+        event (msgspec does not check types when a struct is built) raises ValidationError.
+        """
         self._sinks.append(sink)
 
     def _plan(self, event_type: type[Event]) -> tuple[Subscription, ...]:
@@ -228,8 +240,14 @@ class EventBus:
 
     async def apublish(self, event: Event) -> None:
         """Queue ``event`` for this loop's dispatcher; waits while the queue is full."""
+        dispatcher = await self._started_dispatcher()
         self._accept(event)
-        await self._dispatcher().queue.put(event)
+        if asyncio.current_task() is dispatcher.task and (
+            dispatcher.overflow or dispatcher.queue.full()
+        ):
+            dispatcher.overflow.append(event)  # published by a handler: never wait on ourselves
+        else:
+            await dispatcher.queue.put(event)
 
     def publish_nowait(self, event: Event) -> None:
         """Queue ``event`` on the running loop's dispatcher without waiting.
@@ -265,11 +283,15 @@ class EventBus:
             raise StoreClosedError("this event bus is closed")
         if not isinstance(event, Event):
             raise ValidationError(f"expected an Event, got {type(event).__name__}")
-        self.stats.published += 1
-        self._history.append(event)
-        if sink and event.persist:
+        if sink and event.persist and self._sinks:
+            payload = checked_payload(event)
+            self.stats.published += 1
+            self._history.append(event)
             for target in self._sinks:
-                target(event)
+                target(event, payload)
+        else:
+            self.stats.published += 1
+            self._history.append(event)
 
     # -- delivery --------------------------------------------------------------------------------
 
@@ -300,12 +322,18 @@ class EventBus:
         if errors and self.strict:
             raise ExceptionGroup(f"{len(errors)} handler(s) failed on {event.topic}", errors)
 
-    async def _adeliver(self, event: Event) -> list[Exception]:
+    async def _adeliver(
+        self, event: Event, start: int = 0, progress: list[int] | None = None
+    ) -> list[Exception]:
         errors: list[Exception] = []
+        plan = self._plan(type(event))
         token = _CURRENT.set(event)
         bus_token = _ACTIVE.set(self)
         try:
-            for sub in self._plan(type(event)):
+            for i in range(start, len(plan)):
+                sub = plan[i]
+                if progress is not None:
+                    progress[0] = i
                 try:
                     if sub.where is not None and not sub.where(event):
                         continue
@@ -323,26 +351,42 @@ class EventBus:
 
     async def _serve(self, dispatcher: _Dispatcher) -> None:
         queue = dispatcher.queue
+        progress = [0]  # index of the handler running now, to resume after an interruption
         try:
             while True:
                 event = await queue.get()
                 try:
-                    errors = await self._adeliver(event)
-                    if errors and self.strict:
-                        self._pending_errors.extend(errors)
+                    try:
+                        errors = await self._adeliver(event, 0, progress)
+                    except asyncio.CancelledError:
+                        # the loop is shutting down inside a handler: that handler saw the
+                        # cancellation; the event still reaches every handler after it
+                        self._keep(await self._adeliver(event, progress[0] + 1))
+                        dispatcher.refill()
+                        raise
+                    self._keep(errors)
+                    dispatcher.refill()
                 finally:
                     queue.task_done()
         except asyncio.CancelledError:
-            # the loop is shutting down: deliver what is still queued, never drop it
-            while not queue.empty():
-                event = queue.get_nowait()
-                try:
-                    self.deliver(event)
-                except Exception as exc:  # noqa: BLE001
-                    self._pending_errors.append(exc)
-                finally:
-                    queue.task_done()
+            await self._finish(dispatcher)  # ... and every event still queued is delivered
             raise
+
+    async def _finish(self, dispatcher: _Dispatcher) -> None:
+        """Deliver everything left queued (the loop is shutting down): nothing is dropped."""
+        queue = dispatcher.queue
+        while not queue.empty() or dispatcher.overflow:
+            if queue.empty():
+                dispatcher.refill()
+            event = queue.get_nowait()
+            try:
+                self._keep(await self._adeliver(event))
+            finally:
+                queue.task_done()
+
+    def _keep(self, errors: list[Exception]) -> None:
+        if errors and self.strict:
+            self._pending_errors.extend(errors)
 
     def _dispatcher(self) -> _Dispatcher:
         loop = asyncio.get_running_loop()
@@ -350,6 +394,16 @@ class EventBus:
         if dispatcher is None or dispatcher.task.done():
             dispatcher = _Dispatcher(self, loop, self._queue_size)
             self._dispatchers[loop] = dispatcher
+        return dispatcher
+
+    async def _started_dispatcher(self) -> _Dispatcher:
+        """This loop's dispatcher, running: a task cancelled before its first step never runs
+        its cleanup, so a new dispatcher gets one step before anything is queued on it."""
+        loop = asyncio.get_running_loop()
+        dispatcher = self._dispatchers.get(loop)
+        if dispatcher is None or dispatcher.task.done():
+            dispatcher = self._dispatcher()
+            await asyncio.sleep(0)
         return dispatcher
 
     def _failed(self, sub: Subscription, event: Event, exc: Exception) -> None:
@@ -381,20 +435,16 @@ class EventBus:
             raise ExceptionGroup(f"{len(errors)} handler(s) failed", errors)
 
     def _portal_call(self, handler: Handler, event: Event) -> Any:
-        if self._portal is None:
-            with self._lock:
-                if self._portal is None:
-                    self._portal_cm = start_blocking_portal()
-                    self._portal = self._portal_cm.__enter__()
-
         async def run() -> Any:
             token = _CURRENT.set(event)
+            bus_token = _ACTIVE.set(self)
             try:
                 return await handler(event)
             finally:
+                _ACTIVE.reset(bus_token)
                 _CURRENT.reset(token)
 
-        return self._portal.call(run)
+        return self._runner.call(run)
 
     # -- context, history, lifecycle -------------------------------------------------------------
 
@@ -422,9 +472,7 @@ class EventBus:
     def close(self) -> None:
         """Stop the bus's loop thread; publishing afterwards raises. Idempotent."""
         self._closed = True
-        if self._portal_cm is not None:
-            cm, self._portal_cm, self._portal = self._portal_cm, None, None
-            cm.__exit__(None, None, None)
+        self._runner.close()
 
 
 def _check_type(event_type: Any) -> None:

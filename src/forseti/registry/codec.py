@@ -27,13 +27,18 @@ def encode_version(entity: Entity, op_id: str | None = None) -> VersionRecord:
         raise ValidationError(
             f"{type(entity).__name__} version {entity.version} cannot be stored: {exc}"
         ) from None
+    name = getattr(entity, "name", None)
+    if not isinstance(name, str):
+        name = None
+    elif "\x00" in name:
+        raise ValidationError(f"{type(entity).__name__}.name contains a NUL character")
     return VersionRecord(
         id=entity.id,
         lineage_id=entity.lineage_id,
         version=entity.version,
         previous_id=entity.previous_id,
         type_name=type(entity).entity_type,
-        name=getattr(entity, "name", None) if isinstance(getattr(entity, "name", None), str) else None,
+        name=name,
         state=state,
         state_hash=hashlib.sha256(state).hexdigest(),
         created_at=entity.created_at,

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, TypeVar, overload
 from uuid import UUID
 
 from ..entities import BlobRef, Entity, EntityRef, entity_types
+from ..entities.base import MAX_VERSION
 from ..entities.frozen import normalize
 from ..errors import NotFoundError, StoreClosedError, ValidationError
 from ..events import AliasMoved, EntityRegistered, EntityVersionCommitted, Event, EventBus
@@ -164,13 +165,18 @@ class EntityRegistry:
         for d in drafts:
             if not isinstance(d, Entity):
                 raise ValidationError(f"expected an Entity, got {type(d).__name__}")
-        if op_id is not None and (not isinstance(op_id, str) or not 0 < len(op_id) <= 128):
-            raise ValidationError("op_id is a non-empty string of at most 128 characters")
+        if op_id is not None and (
+            not isinstance(op_id, str) or not 0 < len(op_id) <= 128 or "\x00" in op_id
+        ):
+            raise ValidationError(
+                "op_id is a non-empty string of at most 128 characters, without NUL characters"
+            )
         for e in events:
             if not isinstance(e, Event):
                 raise ValidationError(f"expected an Event, got {type(e).__name__}")
         batch = WriteBatch(tracking=tracking)
-        in_batch: dict[EntityRef, UUID] | None = None
+        earlier: dict[EntityRef, UUID] = {}  # drafts before this one: the only ones it may cite
+        batch_refs: set[EntityRef] | None = None
         announced: list[Event] = []
         for d in drafts:
             rec = encode_version(d, op_id)
@@ -193,19 +199,42 @@ class EntityRegistry:
                     )
                 )
             for relation, ref in d.references():
-                if in_batch is None:
-                    in_batch = {x.ref: x.id for x in drafts}
-                src = in_batch.get(ref) or self._version_id(ref, relation, d)
+                src = earlier.get(ref)
+                if src is None:
+                    if batch_refs is None:
+                        batch_refs = {x.ref for x in drafts}
+                    if ref.lineage_id == d.lineage_id and ref.version >= d.version or (
+                        ref in batch_refs
+                    ):
+                        raise ValidationError(
+                            f"{type(d).__name__}.{relation} refers to {ref}, which is not an "
+                            f"earlier version: provenance cannot form a cycle"
+                        )
+                    src = self._version_id(ref, relation, d)
                 batch.edges.append(EdgeRecord(src, d.id, relation))
+            if len(drafts) > 1:
+                earlier[d.ref] = d.id
         announced.extend(events)
         batch.events = [to_record(e) for e in announced]
         self._store.write(batch)
         with self._lock:
             for d in drafts:
                 self._remember(d, head=True)
-        for e in announced:
-            self.bus.publish_persisted(e)
+        self._announce(announced)
         return list(drafts)
+
+    def _announce(self, events: Sequence[Event]) -> None:
+        """Deliver events the store already wrote; every one, even if a strict handler fails."""
+        errors: list[Exception] = []
+        for e in events:
+            try:
+                self.bus.publish_persisted(e)
+            except ExceptionGroup as group:
+                errors.extend(group.exceptions)
+        if errors:
+            raise ExceptionGroup(
+                f"{len(errors)} handler(s) failed on committed events (the commit stands)", errors
+            )
 
     def _version_id(self, ref: EntityRef, relation: str, owner: Entity) -> UUID:
         cached = self._cached(ref)
@@ -257,8 +286,7 @@ class EntityRegistry:
             if rec is None:
                 raise NotFoundError(f"no lineage {lid}")
             return self._load(rec, head=True, generation=generation)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValidationError(f"version must be an integer >= 1, got {version!r}")
+        _check_version(version)
         cached = self._cached(EntityRef(lid, version))
         if cached is not None:
             return cached
@@ -299,6 +327,8 @@ class EntityRegistry:
                 f"{entity_cls.__name__} has no field(s) {', '.join(sorted(unknown))}"
             )
         name = fields.get("name")
+        if isinstance(name, str) and "\x00" in name:
+            return []  # no stored name holds a NUL character (the stores refuse them)
         generation = self._fresh_generation()
         records = self._store.find_heads(
             sorted(entity_types(entity_cls)), name if isinstance(name, str) else None
@@ -364,12 +394,15 @@ class EntityRegistry:
         self._check_open()
         lid = _as_uuid(lineage, "lineage_id")
         _check_alias(name)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValidationError(f"version must be an integer >= 1, got {version!r}")
+        _check_version(version)
         if expected_revision is not None and (
-            isinstance(expected_revision, bool) or not isinstance(expected_revision, int)
+            isinstance(expected_revision, bool)
+            or not isinstance(expected_revision, int)
+            or not 0 <= expected_revision < MAX_VERSION
         ):
-            raise ValidationError("expected_revision is an integer or None")
+            raise ValidationError(
+                f"expected_revision is None or an integer from 0 to {MAX_VERSION - 1}"
+            )
         before = self._store.get_alias(lid, name)
         previous = None
         if before is not None and before.revision == expected_revision:
@@ -381,7 +414,7 @@ class EntityRegistry:
             previous=previous,
         )
         moved = self._store.set_alias(lid, name, version, expected_revision, [to_record(event)])
-        self.bus.publish_persisted(event)
+        self._announce([event])
         return moved
 
     # -- events ----------------------------------------------------------------------------------
@@ -507,6 +540,11 @@ def _as_uuid(value: Any, what: str) -> UUID:
         except ValueError:
             pass
     raise ValidationError(f"{what} must be a UUID, got {value!r}")
+
+
+def _check_version(version: Any) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise ValidationError(f"version must be an integer from 1 to {MAX_VERSION}, got {version!r}")
 
 
 def _as_blob(ref: Any) -> BlobRef:

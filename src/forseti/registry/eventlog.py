@@ -20,7 +20,8 @@ import msgspec
 
 from ..entities import Entity, EntityRef
 from ..errors import IntegrityError, StoreClosedError, ValidationError
-from ..events import Event, decode_event, encode_event
+from ..events import Event, decode_event
+from ..events.base import checked_payload
 from .records import EventRecord, TrackingUpdate, WriteBatch
 from .stores.base import Store
 
@@ -40,13 +41,13 @@ class StoredEvent:
     event: Event
 
 
-def to_record(event: Event) -> EventRecord:
-    """The log row of an event."""
+def to_record(event: Event, payload: bytes | None = None) -> EventRecord:
+    """The log row of an event (its payload checked unless given already checked)."""
     subject = event.subject
     return EventRecord(
         event_id=event.id,
         topic=event.topic,
-        payload=encode_event(event),
+        payload=payload if payload is not None else checked_payload(event),
         recorded_at=datetime.fromtimestamp(event.timestamp, UTC),
         lineage_id=subject.lineage_id if subject is not None else None,
         version=subject.version if subject is not None else None,
@@ -71,21 +72,22 @@ class EventWriter:
         self._store = store
         self.batch_size = batch_size
         self.interval = interval
-        self._buffer: list[Event] = []
+        self._buffer: list[tuple[Event, bytes]] = []
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()  # batches reach the store in the order they were taken
         self._closed = False
         self.written = 0
         self.failed_batches = 0
+        self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="forseti-event-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, event: Event) -> None:
-        """Queue an event for the next group commit (cheap: an append under a lock)."""
+    def submit(self, event: Event, payload: bytes) -> None:
+        """Queue an event (and its encoded payload) for the next group commit."""
         with self._cond:
             if self._closed:
                 raise StoreClosedError("the event writer is closed")
-            self._buffer.append(event)
+            self._buffer.append((event, payload))
             if len(self._buffer) >= self.batch_size:
                 self._cond.notify()
 
@@ -108,15 +110,28 @@ class EventWriter:
                 self._write(batch)
                 written += len(batch)
 
-    def _write(self, batch: list[Event]) -> None:
+    def _write(self, batch: list[tuple[Event, bytes]]) -> None:
+        records = [to_record(e, p) for e, p in batch]
         try:
-            self._store.write(WriteBatch(events=[to_record(e) for e in batch]))
+            # idempotent by event id: an event published twice is logged once and never jams
+            self._store.write(WriteBatch(events=records, skip_logged_events=True))
+        except (ValidationError, IntegrityError):
+            self._write_one_by_one(records)
         except Exception:
             self.failed_batches += 1
             with self._cond:  # put them back in front, in order, for the next attempt
                 self._buffer[:0] = batch
             raise
         self.written += len(batch)
+
+    def _write_one_by_one(self, records: list[EventRecord]) -> None:
+        """Write what the store accepts; drop (and count) the events it refuses for good."""
+        for rec in records:
+            try:
+                self._store.write(WriteBatch(events=[rec], skip_logged_events=True))
+            except (ValidationError, IntegrityError) as exc:
+                self.dropped += 1
+                logger.error("event %s (%s) refused by the store, dropped: %s", rec.event_id, rec.topic, exc)
 
     def _run(self) -> None:
         while True:

@@ -90,6 +90,9 @@ class WriteBatch:
     edges: list[EdgeRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     tracking: TrackingUpdate | None = None
+    #: skip events whose id is already logged instead of failing (the group-commit writer's
+    #: appends are idempotent); the returned events then carry no ``seq``
+    skip_logged_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)

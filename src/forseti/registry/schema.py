@@ -17,8 +17,8 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
-    String,
     Table,
+    Text,
     UniqueConstraint,
     Uuid,
 )
@@ -46,8 +46,8 @@ lineages = Table(
     "lineages",
     metadata,
     Column("lineage_id", Uuid, nullable=False),
-    Column("kind", String(256), nullable=False),
-    Column("name", String(256)),
+    Column("kind", Text, nullable=False),
+    Column("name", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("lineage_id", name="pk_lineages"),
 )
@@ -59,10 +59,10 @@ entity_versions = Table(
     Column("version", Integer, nullable=False),
     Column("id", Uuid, nullable=False),
     Column("previous_id", Uuid),
-    Column("op_id", String(128)),
-    Column("type", String(256), nullable=False),
+    Column("op_id", Text),
+    Column("type", Text, nullable=False),
     Column("state", LargeBinary, nullable=False),
-    Column("state_hash", String(64), nullable=False),
+    Column("state_hash", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("lineage_id", "version", name="pk_entity_versions"),
     UniqueConstraint("id", name="uq_entity_versions_id"),
@@ -74,7 +74,7 @@ Index("ix_entity_versions_op_id", entity_versions.c.op_id)
 operations = Table(
     "operations",
     metadata,
-    Column("op_id", String(128), nullable=False),
+    Column("op_id", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("op_id", name="pk_operations"),
 )
@@ -85,7 +85,7 @@ provenance_edges = Table(
     metadata,
     Column("src_id", Uuid, nullable=False),
     Column("dst_id", Uuid, nullable=False),
-    Column("relation", String(64), nullable=False),
+    Column("relation", Text, nullable=False),
     PrimaryKeyConstraint("src_id", "dst_id", "relation", name="pk_provenance_edges"),
 )
 Index("ix_provenance_edges_dst", provenance_edges.c.dst_id)
@@ -94,7 +94,7 @@ aliases = Table(
     "aliases",
     metadata,
     Column("lineage_id", Uuid, nullable=False),
-    Column("alias", String(128), nullable=False),
+    Column("alias", Text, nullable=False),
     Column("version", Integer, nullable=False),
     Column("revision", Integer, nullable=False),
     PrimaryKeyConstraint("lineage_id", "alias", name="pk_aliases"),
@@ -108,7 +108,7 @@ events = Table(
     Column("event_id", Uuid, nullable=False),
     Column("lineage_id", Uuid),
     Column("version", Integer),
-    Column("topic", String(256), nullable=False),
+    Column("topic", Text, nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("seq", name="pk_events"),
@@ -120,7 +120,7 @@ Index("ix_events_lineage_seq", events.c.lineage_id, events.c.seq)
 tracking = Table(
     "tracking",
     metadata,
-    Column("consumer", String(256), nullable=False),
+    Column("consumer", Text, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("consumer", name="pk_tracking"),
 )
@@ -129,7 +129,7 @@ metrics = Table(
     "metrics",
     metadata,
     Column("run_lineage_id", Uuid, nullable=False),
-    Column("key", String(256), nullable=False),
+    Column("key", Text, nullable=False),
     Column("step", BigInteger, nullable=False),
     Column("value", Float, nullable=False),
     Column("ts", DateTime(timezone=True), nullable=False),

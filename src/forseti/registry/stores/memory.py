@@ -23,6 +23,7 @@ from .base import (
     check_append,
     check_new_lineage,
     duplicate_operation,
+    op_ids,
     tracking_conflict,
 )
 
@@ -62,7 +63,9 @@ class MemoryStore(Store):
             history = self._history
             staged: dict[int, VersionRecord] = {}
             ids: set[int] = set()
-            ops: set[str] = set()
+            for op_id in op_ids(batch):  # checked first, as the SQL stores do
+                if op_id in self._by_op:
+                    raise duplicate_operation(op_id)
             for rec in batch.versions:
                 lid = rec.lineage_id.int
                 prior = staged.get(lid)
@@ -75,18 +78,18 @@ class MemoryStore(Store):
                 rid = rec.id.int
                 if rid in self._by_id or rid in ids:
                     raise ValidationError(f"a version with id {rec.id} is already stored")
-                if rec.op_id is not None:
-                    if rec.op_id in self._by_op and rec.op_id not in ops:
-                        raise duplicate_operation(rec.op_id)
-                    ops.add(rec.op_id)
                 staged[lid] = rec
                 ids.add(rid)
-            event_ids = set()
+            event_ids: set[int] = set()
+            new_events = []
             for ev in batch.events:
                 eid = ev.event_id.int
                 if eid in self._event_ids or eid in event_ids:
+                    if batch.skip_logged_events:
+                        continue
                     raise ValidationError(f"event {ev.event_id} is already in the log")
                 event_ids.add(eid)
+                new_events.append(ev)
             track = batch.tracking
             if track is not None and self._tracking.get(track.consumer) != track.expected:
                 raise tracking_conflict(track, self._tracking.get(track.consumer))
@@ -112,11 +115,13 @@ class MemoryStore(Store):
                     self._up.setdefault(dst, []).append(edge)
                     self._down.setdefault(src, []).append(edge)
             out = []
-            for ev in batch.events:
+            for ev in new_events:
                 stored = replace(ev, seq=len(self._events) + 1)
                 self._events.append(stored)
                 self._event_ids.add(ev.event_id.int)
                 out.append(stored)
+            if batch.skip_logged_events:
+                out = []
             if track is not None:
                 self._tracking[track.consumer] = track.last_seq
             return out

@@ -84,6 +84,10 @@ _EVENTS = (
     "$5::bytea[], $6::timestamptz[]) WITH ORDINALITY x(e, l, v, t, p, r, o) "
     "ORDER BY o RETURNING event_id, seq"
 )
+# the group-commit writer's appends: idempotent by event id (a re-published event is logged once)
+_EVENTS_SKIP = _EVENTS.replace(
+    "ORDER BY o RETURNING event_id, seq", "ORDER BY o ON CONFLICT (event_id) DO NOTHING"
+)
 _APPEND = (
     "WITH head AS (SELECT version, id, type FROM entity_versions WHERE lineage_id = $2::uuid "
     "ORDER BY version DESC LIMIT 1), "
@@ -405,10 +409,22 @@ class PostgresStore(Store):
                 "ON CONFLICT DO NOTHING",
                 [(e.src_id, e.dst_id, e.relation) for e in batch.edges],
             )
-        out = await self._append_events(conn, batch.events)
+        if batch.skip_logged_events:
+            out: list[EventRecord] = []
+            if batch.events:
+                await conn.execute(_EVENTS_SKIP, *self._event_args(batch.events))
+        else:
+            out = await self._append_events(conn, batch.events)
         if batch.tracking is not None:
             await self._track(conn, batch.tracking)
         return out
+
+    def _event_args(self, evs: Sequence[EventRecord]) -> tuple[Any, ...]:
+        return (
+            [e.event_id for e in evs], [e.lineage_id for e in evs], [e.version for e in evs],
+            [e.topic for e in evs], [e.payload for e in evs], [e.recorded_at for e in evs],
+            *self._events_lock,
+        )  # fmt: skip
 
     async def _append_events(
         self, conn: asyncpg.Connection, evs: Sequence[EventRecord]
@@ -416,12 +432,7 @@ class PostgresStore(Store):
         if not evs:
             return []
         try:
-            rows = await conn.fetch(
-                _EVENTS,
-                [e.event_id for e in evs], [e.lineage_id for e in evs], [e.version for e in evs],
-                [e.topic for e in evs], [e.payload for e in evs], [e.recorded_at for e in evs],
-                *self._events_lock,
-            )  # fmt: skip
+            rows = await conn.fetch(_EVENTS, *self._event_args(evs))
         except asyncpg.UniqueViolationError as exc:
             found = re.search(r"\(event_id\)=\(([0-9a-fA-F-]+)\)", exc.detail or "")
             which = found.group(1) if found else "of this batch"

@@ -184,27 +184,32 @@ class SQLiteStore(Store):
             )
         out: list[EventRecord] = []
         if batch.events:
-            base = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-            try:
-                conn.executemany(
-                    "INSERT INTO events (seq, event_id, lineage_id, version, topic, payload, "
-                    "recorded_at) VALUES (?,?,?,?,?,?,?)",
-                    [
-                        (
-                            base + i,
-                            ev.event_id.hex,
-                            ev.lineage_id.hex if ev.lineage_id else None,
-                            ev.version,
-                            ev.topic,
-                            ev.payload,
-                            _ts(ev.recorded_at),
-                        )
-                        for i, ev in enumerate(batch.events, 1)
-                    ],
+            rows = [
+                (
+                    ev.event_id.hex,
+                    ev.lineage_id.hex if ev.lineage_id else None,
+                    ev.version,
+                    ev.topic,
+                    ev.payload,
+                    _ts(ev.recorded_at),
                 )
-            except sqlite3.IntegrityError as exc:
-                raise ValidationError(f"an event of this batch is already in the log: {exc}") from None
-            out = [replace(ev, seq=base + i) for i, ev in enumerate(batch.events, 1)]
+                for ev in batch.events
+            ]
+            columns = "event_id, lineage_id, version, topic, payload, recorded_at"
+            if batch.skip_logged_events:
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO events ({columns}) VALUES (?,?,?,?,?,?)", rows
+                )
+            else:
+                base = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                try:
+                    conn.executemany(f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?)", rows)
+                except sqlite3.IntegrityError as exc:
+                    raise ValidationError(
+                        f"an event of this batch is already in the log: {exc}"
+                    ) from None
+                # under the write lock, rowids are handed out one after the other
+                out = [replace(ev, seq=base + i) for i, ev in enumerate(batch.events, 1)]
         if batch.tracking is not None:
             self._track(conn, batch.tracking)
         return out
