@@ -57,6 +57,9 @@ _CURRENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
 )
 
 
+_ACTIVE_BUS: contextvars.ContextVar[Any] = contextvars.ContextVar("forseti_active_bus", default=None)
+
+
 def current_event() -> Event | None:
     """The event being handled (or the open ``@emit_events`` call's Started event), if any."""
     return _CURRENT.get()

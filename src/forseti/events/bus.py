@@ -13,8 +13,6 @@ published as a :class:`HandlerFailed` event (``strict=True`` re-raises them as a
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import itertools
 import logging
 import threading
@@ -26,27 +24,27 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from ..errors import BackpressureError, StoreClosedError, ValidationError
-from .base import _CURRENT, Event, checked_payload
+from ..errors import StoreClosedError, ValidationError
+from .base import _ACTIVE_BUS, _CURRENT, Event, checked_payload
+from .dispatch import AsyncDispatch, _Dispatcher
 from .runner import AsyncRunner
+from .subscriptions import Handler, Subscription, check_event_type, is_async, marked, on
 
 __all__ = ["EventBus", "Subscription", "HandlerFailed", "BusStats", "on", "active_bus"]
 
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
-Handler = Callable[[Any], Any]
 Sink = Callable[[Event, bytes], None]
 F = TypeVar("F", bound=Callable[..., Any])
 
-_ACTIVE: contextvars.ContextVar[EventBus | None] = contextvars.ContextVar(
-    "forseti_active_bus", default=None
-)
+_ACTIVE = _ACTIVE_BUS
 
 
 def active_bus() -> EventBus | None:
     """The bus events go to from ``@emit_events`` in this context (see ``EventBus.activate``)."""
-    return _ACTIVE.get()
+    bus: EventBus | None = _ACTIVE.get()
+    return bus
 
 
 class HandlerFailed(Event, frozen=True):
@@ -61,23 +59,6 @@ class HandlerFailed(Event, frozen=True):
     error_message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    """One handler subscribed to one event type (and its subclasses)."""
-
-    event_type: type[Event]
-    handler: Handler
-    where: Callable[[Any], bool] | None
-    priority: int
-    order: int
-    is_async: bool
-
-    @property
-    def name(self) -> str:
-        fn = self.handler
-        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
 @dataclass(slots=True)
 class BusStats:
     """Counters since the bus was created."""
@@ -87,42 +68,7 @@ class BusStats:
     failed: int = 0
 
 
-def on(
-    event_type: type[Event], *, where: Callable[[Any], bool] | None = None, priority: int = 0
-) -> Callable[[F], F]:
-    """Mark a function as a handler of ``event_type``; ``bus.include(fn_or_module)`` subscribes it.
-
-    Marking does not subscribe anything by itself, so no handler outlives the registry it was
-    included in.
-    """
-    _check_type(event_type)
-
-    def mark(fn: F) -> F:
-        marks = fn.__dict__.setdefault("__forseti_on__", [])
-        marks.append((event_type, where, priority))
-        return fn
-
-    return mark
-
-
-class _Dispatcher:
-    """The queue and dispatcher task of one event loop.
-
-    ``overflow`` holds events that the dispatcher's own handlers publish while the queue is full:
-    they cannot wait for room (only the dispatcher makes room), so they queue behind it instead.
-    """
-
-    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop, size: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
-        self.overflow: deque[Event] = deque()
-        self.task = loop.create_task(bus._serve(self))
-
-    def refill(self) -> None:
-        while self.overflow and not self.queue.full():
-            self.queue.put_nowait(self.overflow.popleft())
-
-
-class EventBus:
+class EventBus(AsyncDispatch):
     """Publishes events to subscribed handlers. Owned by a registry (``reg.bus``)."""
 
     def __init__(
@@ -161,13 +107,13 @@ class EventBus:
         ``where`` filters events; higher ``priority`` runs first. Returns the subscription, for
         :meth:`unsubscribe`.
         """
-        _check_type(event_type)
+        check_event_type(event_type)
         if not callable(handler):
             raise ValidationError(f"a handler must be callable, got {handler!r}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError("priority is an integer")
         sub = Subscription(
-            event_type, handler, where, priority, next(self._order), _is_async(handler)
+            event_type, handler, where, priority, next(self._order), is_async(handler)
         )
         with self._lock:
             self._subs.append(sub)
@@ -200,7 +146,7 @@ class EventBus:
         """
         subs = []
         for source in sources:
-            for fn in _marked(source):
+            for fn in marked(source):
                 for event_type, where, priority in getattr(fn, "__forseti_on__", ()):
                     subs.append(self.subscribe(event_type, fn, where=where, priority=priority))
         return subs
@@ -237,46 +183,6 @@ class EventBus:
         """Like :meth:`publish`, for an event the store already wrote (skips the sinks)."""
         self._accept(event, sink=False)
         self.deliver(event)
-
-    async def apublish(self, event: Event) -> None:
-        """Queue ``event`` for this loop's dispatcher; waits while the queue is full."""
-        dispatcher = await self._started_dispatcher()
-        self._accept(event)
-        if asyncio.current_task() is dispatcher.task and (
-            dispatcher.overflow or dispatcher.queue.full()
-        ):
-            dispatcher.overflow.append(event)  # published by a handler: never wait on ourselves
-        else:
-            await dispatcher.queue.put(event)
-
-    def publish_nowait(self, event: Event) -> None:
-        """Queue ``event`` on the running loop's dispatcher without waiting.
-
-        Raises :class:`BackpressureError` when the queue is full (nothing is recorded then).
-        Without a running loop in this thread it behaves like :meth:`publish`.
-        """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            self.publish(event)
-            return
-        dispatcher = self._dispatcher()
-        if dispatcher.queue.full():
-            raise BackpressureError(
-                f"the event queue is full ({self._queue_size} events); await apublish() to wait"
-            )
-        self._accept(event)
-        dispatcher.queue.put_nowait(event)
-
-    async def drain(self) -> None:
-        """Wait until every event queued on this loop has been delivered.
-
-        With ``strict=True``, re-raises handler failures collected by the dispatcher.
-        """
-        dispatcher = self._dispatchers.get(asyncio.get_running_loop())
-        if dispatcher is not None:
-            await dispatcher.queue.join()
-        self._raise_pending()
 
     def _accept(self, event: Event, sink: bool = True) -> None:
         if self._closed:
@@ -321,90 +227,6 @@ class EventBus:
             _CURRENT.reset(token)
         if errors and self.strict:
             raise ExceptionGroup(f"{len(errors)} handler(s) failed on {event.topic}", errors)
-
-    async def _adeliver(
-        self, event: Event, start: int = 0, progress: list[int] | None = None
-    ) -> list[Exception]:
-        errors: list[Exception] = []
-        plan = self._plan(type(event))
-        token = _CURRENT.set(event)
-        bus_token = _ACTIVE.set(self)
-        try:
-            for i in range(start, len(plan)):
-                sub = plan[i]
-                if progress is not None:
-                    progress[0] = i
-                try:
-                    if sub.where is not None and not sub.where(event):
-                        continue
-                    result = sub.handler(event)
-                    if sub.is_async:
-                        await result
-                    self.stats.delivered += 1
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(exc)
-                    self._failed(sub, event, exc)
-        finally:
-            _ACTIVE.reset(bus_token)
-            _CURRENT.reset(token)
-        return errors
-
-    async def _serve(self, dispatcher: _Dispatcher) -> None:
-        queue = dispatcher.queue
-        progress = [0]  # index of the handler running now, to resume after an interruption
-        try:
-            while True:
-                event = await queue.get()
-                try:
-                    try:
-                        errors = await self._adeliver(event, 0, progress)
-                    except asyncio.CancelledError:
-                        # the loop is shutting down inside a handler: that handler saw the
-                        # cancellation; the event still reaches every handler after it
-                        self._keep(await self._adeliver(event, progress[0] + 1))
-                        dispatcher.refill()
-                        raise
-                    self._keep(errors)
-                    dispatcher.refill()
-                finally:
-                    queue.task_done()
-        except asyncio.CancelledError:
-            await self._finish(dispatcher)  # ... and every event still queued is delivered
-            raise
-
-    async def _finish(self, dispatcher: _Dispatcher) -> None:
-        """Deliver everything left queued (the loop is shutting down): nothing is dropped."""
-        queue = dispatcher.queue
-        while not queue.empty() or dispatcher.overflow:
-            if queue.empty():
-                dispatcher.refill()
-            event = queue.get_nowait()
-            try:
-                self._keep(await self._adeliver(event))
-            finally:
-                queue.task_done()
-
-    def _keep(self, errors: list[Exception]) -> None:
-        if errors and self.strict:
-            self._pending_errors.extend(errors)
-
-    def _dispatcher(self) -> _Dispatcher:
-        loop = asyncio.get_running_loop()
-        dispatcher = self._dispatchers.get(loop)
-        if dispatcher is None or dispatcher.task.done():
-            dispatcher = _Dispatcher(self, loop, self._queue_size)
-            self._dispatchers[loop] = dispatcher
-        return dispatcher
-
-    async def _started_dispatcher(self) -> _Dispatcher:
-        """This loop's dispatcher, running: a task cancelled before its first step never runs
-        its cleanup, so a new dispatcher gets one step before anything is queued on it."""
-        loop = asyncio.get_running_loop()
-        dispatcher = self._dispatchers.get(loop)
-        if dispatcher is None or dispatcher.task.done():
-            dispatcher = self._dispatcher()
-            await asyncio.sleep(0)
-        return dispatcher
 
     def _failed(self, sub: Subscription, event: Event, exc: Exception) -> None:
         with self._lock:
@@ -473,26 +295,3 @@ class EventBus:
         """Stop the bus's loop thread; publishing afterwards raises. Idempotent."""
         self._closed = True
         self._runner.close()
-
-
-def _check_type(event_type: Any) -> None:
-    if not (isinstance(event_type, type) and issubclass(event_type, Event)):
-        raise ValidationError(f"subscribe to an Event subclass, not {event_type!r}")
-
-
-def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)
-    )
-
-
-def _marked(source: Any) -> Iterator[Callable[..., Any]]:
-    if callable(source) and hasattr(source, "__forseti_on__"):
-        yield source
-        return
-    for name in dir(source):
-        if name.startswith("__"):
-            continue
-        attr = getattr(source, name, None)
-        if callable(attr) and hasattr(attr, "__forseti_on__"):
-            yield attr

@@ -30,7 +30,6 @@ import asyncpg  # type: ignore[import-untyped]
 from ...errors import (
     ConfigError,
     ConflictError,
-    DuplicateOperationError,
     IntegrityError,
     NotFoundError,
     SchemaVersionError,
