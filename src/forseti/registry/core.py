@@ -352,7 +352,9 @@ class EntityRegistry:
 
     def _walk(self, of: Entity | EntityRef, direction: str, max_depth: int | None) -> list[EntityRef]:
         self._check_open()
-        if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 1):
+        if max_depth is not None and (
+            isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1
+        ):
             raise ValidationError("max_depth is a positive integer or None")
         ref = of.ref if isinstance(of, Entity) else of
         if not isinstance(ref, EntityRef):
