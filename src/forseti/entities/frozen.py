@@ -102,11 +102,21 @@ def deep_freeze(value: Any, _path: str = "") -> Any:
 
 def thaw(value: Any) -> Any:
     """Inverse of :func:`deep_freeze`: plain dicts and lists, ready to serialize."""
+    kind = type(value)
+    if kind is FrozenDict:
+        return {k: thaw(v) for k, v in value._data.items()}
+    if kind is tuple:
+        return [thaw(v) for v in value]
+    if kind in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     return value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _freeze_floats(value: Mapping[str, float]) -> FrozenDict:

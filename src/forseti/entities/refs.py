@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -11,7 +12,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ValidationError
 
-__all__ = ["EntityRef", "BlobRef"]
+__all__ = ["EntityRef", "BlobRef", "fast_uuid", "fast_ref"]
+
+_SAFE = uuid.SafeUUID.unknown
+
+
+def fast_uuid(value: int | str) -> UUID:
+    """A UUID from an int or 32 hex digits the caller knows are valid (stored data).
+
+    About three times cheaper than ``UUID(hex=...)``, which re-validates its input.
+    """
+    u = object.__new__(UUID)
+    object.__setattr__(u, "int", value if isinstance(value, int) else int(value, 16))
+    object.__setattr__(u, "is_safe", _SAFE)
+    return u
+
+
+def fast_ref(lineage_id: UUID, version: int) -> EntityRef:
+    """An EntityRef from values the caller knows are valid (skips the checks)."""
+    return tuple.__new__(EntityRef, (lineage_id, version))  # type: ignore[arg-type]
 
 
 class _EntityRefFields(NamedTuple):

@@ -22,7 +22,7 @@ _decode = msgspec.msgpack.decode
 def encode_version(entity: Entity, op_id: str | None = None) -> VersionRecord:
     """The record stored for ``entity``: msgpack state plus its sha256."""
     try:
-        state = _encode(entity.model_dump())
+        state = _encode(entity.__pydantic_serializer__.to_python(entity))
     except (OverflowError, TypeError, ValueError) as exc:
         raise ValidationError(
             f"{type(entity).__name__} version {entity.version} cannot be stored: {exc}"

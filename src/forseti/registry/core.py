@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, TypeVar, overload
 from uuid import UUID
 
 from ..entities import BlobRef, Entity, EntityRef, entity_types
+from ..entities.refs import fast_ref
 from ..entities.base import MAX_VERSION
 from ..entities.frozen import normalize
 from ..errors import NotFoundError, StoreClosedError, ValidationError
@@ -187,7 +188,7 @@ class EntityRegistry:
                     EntityVersionCommitted(
                         subject=d.ref,
                         entity_type=rec.type_name,
-                        previous=tuple.__new__(EntityRef, (d.lineage_id, d.version - 1)),
+                        previous=fast_ref(d.lineage_id, d.version - 1),
                         version_id=d.id,
                         op_id=op_id,
                     )
@@ -214,8 +215,9 @@ class EntityRegistry:
                 batch.edges.append(EdgeRecord(src, d.id, relation))
             if len(drafts) > 1:
                 earlier[d.ref] = d.id
+        batch.events = [to_record(e, trusted=True) for e in announced]
+        batch.events += [to_record(e) for e in events]
         announced.extend(events)
-        batch.events = [to_record(e) for e in announced]
         self._store.write(batch)
         with self._lock:
             for d in drafts:
@@ -360,8 +362,8 @@ class EntityRegistry:
         if not isinstance(ref, EntityRef):
             raise ValidationError(f"expected an Entity or EntityRef, got {type(of).__name__}")
         start = self.get(ref).id
-        hits = walk_graph(start, self._store.graph_edges(start, direction), max_depth)
-        return [EntityRef(h.lineage_id, h.version) for h in hits]
+        edges = self._store.graph_edges(start, direction)
+        return walk_graph(self._store.graph_key(start), edges, max_depth)
 
     # -- aliases -------------------------------------------------------------------------------
 
@@ -415,7 +417,9 @@ class EntityRegistry:
             revision=(expected_revision or 0) + 1,
             previous=previous,
         )
-        moved = self._store.set_alias(lid, name, version, expected_revision, [to_record(event)])
+        moved = self._store.set_alias(
+            lid, name, version, expected_revision, [to_record(event, trusted=True)]
+        )
         self._announce([event])
         return moved
 

@@ -20,7 +20,7 @@ import msgspec
 
 from ..entities import Entity, EntityRef
 from ..errors import IntegrityError, StoreClosedError, ValidationError
-from ..events import Event, decode_event
+from ..events import Event, decode_event, encode_event
 from ..events.base import checked_payload
 from .records import EventRecord, TrackingUpdate, WriteBatch
 from .stores.base import Store
@@ -41,13 +41,19 @@ class StoredEvent:
     event: Event
 
 
-def to_record(event: Event, payload: bytes | None = None) -> EventRecord:
-    """The log row of an event (its payload checked unless given already checked)."""
+def to_record(event: Event, payload: bytes | None = None, *, trusted: bool = False) -> EventRecord:
+    """The log row of an event.
+
+    The payload is checked (see :func:`~forseti.events.base.checked_payload`) unless it is given
+    already checked, or the event is ``trusted`` (built by Forseti itself from typed values).
+    """
     subject = event.subject
+    if payload is None:
+        payload = encode_event(event) if trusted else checked_payload(event)
     return EventRecord(
         event_id=event.id,
         topic=event.topic,
-        payload=payload if payload is not None else checked_payload(event),
+        payload=payload,
         recorded_at=datetime.fromtimestamp(event.timestamp, UTC),
         lineage_id=subject.lineage_id if subject is not None else None,
         version=subject.version if subject is not None else None,

@@ -17,7 +17,6 @@ __all__ = [
     "AliasRecord",
     "TrackingUpdate",
     "WriteBatch",
-    "GraphHit",
 ]
 
 
@@ -93,13 +92,3 @@ class WriteBatch:
     #: skip events whose id is already logged instead of failing (the group-commit writer's
     #: appends are idempotent); the returned events then carry no ``seq``
     skip_logged_events: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GraphHit:
-    """A version reached by a provenance traversal, with its distance from the start."""
-
-    id: UUID
-    lineage_id: UUID
-    version: int
-    depth: int

@@ -69,7 +69,12 @@ entity_versions = Table(
     ForeignKeyConstraint(["lineage_id"], ["lineages.lineage_id"], name="fk_entity_versions_lineage"),
 )
 
-Index("ix_entity_versions_op_id", entity_versions.c.op_id)
+Index(
+    "ix_entity_versions_op_id",
+    entity_versions.c.op_id,
+    sqlite_where=entity_versions.c.op_id.isnot(None),
+    postgresql_where=entity_versions.c.op_id.isnot(None),
+)
 
 operations = Table(
     "operations",

@@ -7,14 +7,14 @@ entities. One contract test suite runs against every implementation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from uuid import UUID
 
 from ...errors import ConflictError, DuplicateOperationError, NotFoundError, ValidationError
+from ...entities.refs import EntityRef, fast_ref
 from ..records import (
     AliasRecord,
     EventRecord,
-    GraphHit,
     TrackingUpdate,
     VersionRecord,
     WriteBatch,
@@ -71,12 +71,19 @@ class Store(ABC):
         """Head versions of the lineages of these types (and this name), oldest lineage first."""
 
     @abstractmethod
-    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
-        """Every edge reachable from ``start_id``: ``(from_id, to_id, to_version, to_lineage)``.
+    def graph_edges(
+        self, start_id: UUID, direction: str
+    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
+        """Every edge reachable from ``start_id``: ``(from_key, to_key, to_version, to_lineage)``.
 
         ``direction`` is ``"up"`` (towards inputs: ancestors) or ``"down"`` (towards outputs:
-        descendants); ``from_id`` is the end nearer the start.
+        descendants); ``from_key`` is the end nearer the start. Keys are whatever identifies a
+        version cheaply in the store (see :meth:`graph_key`).
         """
+
+    def graph_key(self, version_id: UUID) -> Hashable:
+        """The key ``graph_edges`` uses for a version id (the id itself unless overridden)."""
+        return version_id
 
     @abstractmethod
     def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
@@ -208,24 +215,24 @@ def alias_conflict(
 
 
 def walk_graph(
-    start_id: UUID, edges: Iterable[tuple[UUID, UUID, int, UUID]], max_depth: int | None
-) -> list[GraphHit]:
-    """Breadth-first order and depth for the edges a store returned from ``graph_edges``."""
-    adjacency: dict[UUID, list[tuple[UUID, int, UUID]]] = {}
+    start: Hashable, edges: Iterable[tuple[Hashable, Hashable, int, UUID]], max_depth: int | None
+) -> list[EntityRef]:
+    """Breadth-first order (nearest first) over the edges a store returned from ``graph_edges``."""
+    adjacency: dict[Hashable, list[tuple[Hashable, int, UUID]]] = {}
     for frm, to, version, lineage in edges:
         adjacency.setdefault(frm, []).append((to, version, lineage))
-    seen = {start_id}
-    out: list[GraphHit] = []
-    frontier = [start_id]
+    seen = {start}
+    out: list[EntityRef] = []
+    frontier = [start]
     depth = 0
     while frontier and (max_depth is None or depth < max_depth):
         depth += 1
-        nxt: list[UUID] = []
+        nxt = []
         for node in frontier:
             for to, version, lineage in adjacency.get(node, ()):
                 if to not in seen:
                     seen.add(to)
                     nxt.append(to)
-                    out.append(GraphHit(to, lineage, version, depth))
+                    out.append(fast_ref(lineage, version))
         frontier = nxt
     return out

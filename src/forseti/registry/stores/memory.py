@@ -7,8 +7,7 @@ and a commit touches a dozen keys.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Hashable, Sequence
 from uuid import UUID
 
 from ...errors import (
@@ -116,7 +115,10 @@ class MemoryStore(Store):
                     self._down.setdefault(src, []).append(edge)
             out = []
             for ev in new_events:
-                stored = replace(ev, seq=len(self._events) + 1)
+                stored = EventRecord(
+                    ev.event_id, ev.topic, ev.payload, ev.recorded_at, ev.lineage_id,
+                    ev.version, len(self._events) + 1,
+                )  # fmt: skip
                 self._events.append(stored)
                 self._event_ids.add(ev.event_id.int)
                 out.append(stored)
@@ -163,24 +165,31 @@ class MemoryStore(Store):
                 if kind in wanted and (name is None or lname == name)
             ]
 
-    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
+    def graph_edges(
+        self, start_id: UUID, direction: str
+    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
         self._check_open()
-        out: list[tuple[UUID, UUID, int, UUID]] = []
+        out: list[tuple[Hashable, Hashable, int, UUID]] = []
         up = direction == "up"
         index = self._up if up else self._down
+        by_id = self._by_id
         with self._lock:
-            seen = {start_id.int}
-            stack = [start_id]
+            start = start_id.int
+            seen = {start}
+            stack = [start]
             while stack:
                 node = stack.pop()
-                for edge in index.get(node.int, ()):
-                    other = edge.src_id if up else edge.dst_id
-                    rec = self._by_id[other.int]
+                for edge in index.get(node, ()):
+                    other = (edge.src_id if up else edge.dst_id).int
+                    rec = by_id[other]
                     out.append((node, other, rec.version, rec.lineage_id))
-                    if other.int not in seen:
-                        seen.add(other.int)
+                    if other not in seen:
+                        seen.add(other)
                         stack.append(other)
         return out
+
+    def graph_key(self, version_id: UUID) -> Hashable:
+        return version_id.int
 
     # -- aliases -------------------------------------------------------------------------------
 

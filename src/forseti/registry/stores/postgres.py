@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from ...errors import (
     StoreClosedError,
     ValidationError,
 )
+from ...entities.refs import fast_uuid
 from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from ..urls import _options, redact
@@ -538,7 +539,9 @@ class PostgresStore(Store):
             *args,
         )
 
-    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
+    def graph_edges(
+        self, start_id: UUID, direction: str
+    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
         near, far = ("dst_id", "src_id") if direction == "up" else ("src_id", "dst_id")
         rows = self._rows(
             f"WITH RECURSIVE walk(near, far) AS ("
@@ -548,7 +551,10 @@ class PostgresStore(Store):
             f"JOIN entity_versions v ON v.id = w.far",
             start_id,
         )
-        return [(UUID(int=a.int), UUID(int=b.int), v, UUID(int=lid.int)) for a, b, v, lid in rows]
+        return [(a.int, b.int, v, fast_uuid(lid.int)) for a, b, v, lid in rows]
+
+    def graph_key(self, version_id: UUID) -> Hashable:
+        return version_id.int
 
     # -- aliases -------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Hashable, Sequence
+from typing import Any
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -24,6 +24,7 @@ from ...errors import (
     StoreClosedError,
     ValidationError,
 )
+from ...entities.refs import fast_uuid
 from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from .base import (
@@ -201,18 +202,30 @@ class SQLiteStore(Store):
                     f"INSERT OR IGNORE INTO events ({columns}) VALUES (?,?,?,?,?,?)", rows
                 )
             else:
-                base = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-                try:
-                    conn.executemany(f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?)", rows)
-                except sqlite3.IntegrityError as exc:
-                    raise ValidationError(
-                        f"an event of this batch is already in the log: {exc}"
-                    ) from None
-                # under the write lock, rowids are handed out one after the other
-                out = [replace(ev, seq=base + i) for i, ev in enumerate(batch.events, 1)]
+                out = self._append_events(conn, batch.events, rows, columns)
         if batch.tracking is not None:
             self._track(conn, batch.tracking)
         return out
+
+    @staticmethod
+    def _append_events(
+        conn: sqlite3.Connection, events: list[EventRecord], rows: list[tuple[Any, ...]], columns: str
+    ) -> list[EventRecord]:
+        sql = f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?)"
+        try:
+            if len(rows) == 1:
+                last = conn.execute(sql, rows[0]).lastrowid or 0
+            else:
+                conn.executemany(sql, rows)
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        except sqlite3.IntegrityError as exc:
+            raise ValidationError(f"an event of this batch is already in the log: {exc}") from None
+        # under the write lock, rowids are handed out one after the other
+        first = last - len(events) + 1
+        return [
+            EventRecord(e.event_id, e.topic, e.payload, e.recorded_at, e.lineage_id, e.version, seq)
+            for seq, e in enumerate(events, first)
+        ]
 
     @staticmethod
     def _track(conn: sqlite3.Connection, update: TrackingUpdate) -> None:
@@ -310,7 +323,9 @@ class SQLiteStore(Store):
         ).fetchall()
         return [self._version(r) for r in rows]  # type: ignore[misc]
 
-    def graph_edges(self, start_id: UUID, direction: str) -> list[tuple[UUID, UUID, int, UUID]]:
+    def graph_edges(
+        self, start_id: UUID, direction: str
+    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
         near, far = ("dst_id", "src_id") if direction == "up" else ("src_id", "dst_id")
         rows = self._conn().execute(
             f"WITH RECURSIVE walk(near, far) AS ("
@@ -320,16 +335,18 @@ class SQLiteStore(Store):
             f"JOIN entity_versions v ON v.id = w.far",
             (start_id.hex,),
         ).fetchall()
+        # keys stay hex text; only the lineages of the answer become UUIDs (once each)
         lineages: dict[str, UUID] = {}
-        ids: dict[str, UUID] = {}
+        out: list[tuple[Hashable, Hashable, int, UUID]] = []
+        for a, b, version, lid in rows:
+            lineage = lineages.get(lid)
+            if lineage is None:
+                lineage = lineages[lid] = fast_uuid(lid)
+            out.append((a, b, version, lineage))
+        return out
 
-        def uid(text: str, cache: dict[str, UUID]) -> UUID:
-            u = cache.get(text)
-            if u is None:
-                u = cache[text] = UUID(hex=text)
-            return u
-
-        return [(uid(a, ids), uid(b, ids), v, uid(lid, lineages)) for a, b, v, lid in rows]
+    def graph_key(self, version_id: UUID) -> Hashable:
+        return version_id.hex
 
     # -- aliases -------------------------------------------------------------------------------
 
