@@ -83,7 +83,7 @@ class Sizes:
     def of(cls, quick: bool) -> Sizes:
         if quick:
             return cls(20, 1000, 15, 200, 100_000, 30_000, 10_000, 1)
-        return cls(100, 2000, 50, 500, 500_000, 200_000, 50_000, 3)
+        return cls(100, 2000, 50, 500, 500_000, 100_000, 50_000, 3)
 
 
 def _rate(seconds_per_event: float) -> str:

@@ -17,7 +17,9 @@ from uuid import UUID
 import anyio.to_thread
 
 from ..entities import BlobRef, Entity, EntityRef
+from ..events import Event, EventBus
 from .blobs import BlobSource
+from .eventlog import Projection, ProjectionReport, StoredEvent
 from .core import Alias, EntityRegistry
 
 __all__ = ["AsyncEntityRegistry"]
@@ -111,6 +113,34 @@ class AsyncEntityRegistry:
         return await self._run(
             self._sync.move_alias, lineage, name, version, expected_revision=expected_revision
         )
+
+    @property
+    def bus(self) -> EventBus:
+        """The registry's event bus (``await areg.bus.apublish(event)``)."""
+        return self._sync.bus
+
+    async def events(
+        self,
+        since_seq: int = 0,
+        *,
+        topic: str | type[Event] | None = None,
+        subject: EntityRef | UUID | str | None = None,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """See :meth:`EntityRegistry.events`."""
+        return await self._run(
+            self._sync.events, since_seq, topic=topic, subject=subject, limit=limit
+        )
+
+    async def flush_events(self) -> int:
+        """See :meth:`EntityRegistry.flush_events`."""
+        return await self._run(self._sync.flush_events)
+
+    async def run_projection(
+        self, projection: Projection, *, batch_size: int = 500
+    ) -> ProjectionReport:
+        """See :meth:`EntityRegistry.run_projection`."""
+        return await self._run(self._sync.run_projection, projection, batch_size=batch_size)
 
     async def put_blob(self, source: BlobSource, *, format: str = "bin") -> BlobRef:
         """See :meth:`EntityRegistry.put_blob`."""

@@ -143,7 +143,11 @@ class Store(ABC):
 
 def op_ids(batch: WriteBatch) -> list[str]:
     """The distinct operation ids of a batch's versions, in order."""
-    return list(dict.fromkeys(r.op_id for r in batch.versions if r.op_id is not None))
+    versions = batch.versions
+    if len(versions) == 1:  # the common case, kept cheap
+        op_id = versions[0].op_id
+        return [] if op_id is None else [op_id]
+    return list(dict.fromkeys(r.op_id for r in versions if r.op_id is not None))
 
 
 def duplicate_operation(op_id: str) -> DuplicateOperationError:

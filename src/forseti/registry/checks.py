@@ -1,0 +1,44 @@
+"""Argument checks shared by the registry's public methods (each raises ValidationError)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from uuid import UUID
+
+from ..entities import BlobRef
+from ..entities.base import MAX_VERSION
+from ..errors import ValidationError
+
+__all__ = ["as_uuid", "check_version", "as_blob", "check_alias"]
+
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def as_uuid(value: Any, what: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise ValidationError(f"{what} must be a UUID, got {value!r}")
+
+
+def check_version(version: Any) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise ValidationError(f"version must be an integer from 1 to {MAX_VERSION}, got {version!r}")
+
+
+def as_blob(ref: Any) -> BlobRef:
+    if not isinstance(ref, BlobRef):
+        raise ValidationError(f"expected a BlobRef, got {type(ref).__name__}")
+    return ref
+
+
+def check_alias(name: Any) -> None:
+    if not isinstance(name, str) or not _ALIAS.match(name):
+        raise ValidationError(
+            f"an alias name is 1-128 letters, digits, '.', '_' or '-', got {name!r}"
+        )
