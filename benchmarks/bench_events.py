@@ -581,8 +581,8 @@ def run(quick: bool) -> list[Result]:
     return results
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import main
+if __name__ == "__main__":  # python benchmarks/bench_events.py [--quick]: this module's table only
+    from run import print_table
 
-    sys.exit(main(["--only", "events", *sys.argv[1:]]))
+    quick = "--quick" in sys.argv[1:]
+    print_table(run(quick), f"forseti event benchmarks ({'quick' if quick else 'full'})")

@@ -19,8 +19,8 @@ import anyio.to_thread
 from ..entities import BlobRef, Entity, EntityRef
 from ..events import Event, EventBus
 from .blobs import BlobSource
-from .eventlog import Projection, ProjectionReport, StoredEvent
 from .core import Alias, EntityRegistry
+from .eventlog import Projection, ProjectionReport, StoredEvent
 
 __all__ = ["AsyncEntityRegistry"]
 

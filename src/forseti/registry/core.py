@@ -14,10 +14,10 @@ from ..entities import Entity, EntityRef, entity_types
 from ..entities.frozen import normalize
 from ..errors import NotFoundError, StoreClosedError, ValidationError
 from ..events import Event, EventBus
-from .blobs import BlobStore
 from .batch import build_batch
-from .codec import decode_version
+from .blobs import BlobStore
 from .checks import as_uuid, check_version
+from .codec import decode_version
 from .eventlog import EventWriter
 from .facets import Alias, AliasesMixin, BlobsMixin, EventLogMixin
 from .records import TrackingUpdate, VersionRecord

@@ -10,8 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from uuid import UUID
 
-from ...errors import ConflictError, DuplicateOperationError, NotFoundError, ValidationError
 from ...entities.refs import EntityRef, fast_ref
+from ...errors import ConflictError, DuplicateOperationError, NotFoundError, ValidationError
 from ..records import (
     AliasRecord,
     EventRecord,

@@ -19,7 +19,6 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Coroutine, Hashable, Sequence
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +26,7 @@ from uuid import UUID
 
 import asyncpg  # type: ignore[import-untyped]
 
+from ...entities.refs import fast_uuid
 from ...errors import (
     ConfigError,
     ConflictError,
@@ -36,7 +36,6 @@ from ...errors import (
     StoreClosedError,
     ValidationError,
 )
-from ...entities.refs import fast_uuid
 from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from ..urls import _options, redact
@@ -56,131 +55,25 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_LOCK_BOOTSTRAP = 0x46525331  # "FRS1": first open of a schema (DDL, schema row)
-_LOCK_EVENTS = 0x46525332  # "FRS2": one event appender at a time, so seq follows commit order
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_COLS = "id, lineage_id, version, previous_id, type, state, state_hash, created_at, op_id"
-_SELECT = f"SELECT {_COLS} FROM entity_versions WHERE "
-_LOST = (
-    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, ConnectionDoesNotExistError
-    asyncpg.AdminShutdownError,  # 57P01: pg_terminate_backend
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,  # a pooled connection killed while idle (MagicStack/asyncpg#1069)
-    ConnectionError,
+from .pg_support import (
+    APPEND,
+    COLS,
+    EVENTS,
+    EVENTS_SKIP,
+    LOCK_BOOTSTRAP,
+    LOCK_EVENTS,
+    MAYBE_LOST,
+    SCHEMA_NAME,
+    SELECT,
+    LoopThread,
+    OutcomeUnknown,
+    connection_lost,
+    fetch_rows,
+    no_reset,
+    std_uuid,
+    terminate,
+    version_record,
 )
-_MAYBE_LOST = (*_LOST, asyncpg.InterfaceError)
-# Append a version after the head in one statement: read the head, insert only if the draft
-# follows it (then its provenance edges, and the lineage's new name if the version renamed it:
-# find(name=...) follows the head), and return the head so a refusal can be explained. The
-# (lineage_id, version) primary key still stops a concurrent writer that read the same head.
-# Events in batch order, after the per-schema ordering lock: every output row of the join needs
-# the one-row ``lk``, so the lock is held before the first ``nextval`` (seq) is drawn, and until
-# COMMIT, so seq follows commit order for readers tailing the log.
-_EVENTS = (
-    "WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock($7, $8)) "
-    "INSERT INTO events (event_id, lineage_id, version, topic, payload, recorded_at) "
-    "SELECT e, l, v, t, p, r FROM lk, unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], "
-    "$5::bytea[], $6::timestamptz[]) WITH ORDINALITY x(e, l, v, t, p, r, o) "
-    "ORDER BY o RETURNING event_id, seq"
-)
-# the group-commit writer's appends: idempotent by event id (a re-published event is logged once)
-_EVENTS_SKIP = _EVENTS.replace(
-    "ORDER BY o RETURNING event_id, seq", "ORDER BY o ON CONFLICT (event_id) DO NOTHING"
-)
-_APPEND = (
-    "WITH head AS (SELECT version, id, type FROM entity_versions WHERE lineage_id = $2::uuid "
-    "ORDER BY version DESC LIMIT 1), "
-    f"ins AS (INSERT INTO entity_versions ({_COLS}) SELECT $1::uuid, $2::uuid, $3::int4, "
-    "$4::uuid, $5::text, $6::bytea, $7::text, $8::timestamptz, $9::text FROM head "
-    "WHERE head.version = $3::int4 - 1 AND head.id = $4::uuid AND head.type = $5::text "
-    "RETURNING 1), "
-    "edges AS (INSERT INTO provenance_edges (src_id, dst_id, relation) "
-    "SELECT * FROM unnest($10::uuid[], $11::uuid[], $12::text[]) WHERE EXISTS (SELECT FROM ins) "
-    "ON CONFLICT DO NOTHING), "
-    "ren AS (UPDATE lineages SET name = $13::text WHERE lineage_id = $2::uuid "
-    "AND name IS DISTINCT FROM $13::text AND EXISTS (SELECT FROM ins)) "
-    "SELECT h.version, h.id, h.type, EXISTS (SELECT FROM ins) FROM (VALUES (1)) one "
-    "LEFT JOIN head h ON true"
-)
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection died (so its transaction, if any, did not commit)."""
-    return isinstance(exc, _LOST) or (
-        isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
-    )
-
-
-def _terminate(conn: asyncpg.Connection) -> None:
-    try:
-        conn.terminate()
-    except asyncpg.InterfaceError:  # already closed and handed back to the pool
-        pass
-
-
-def _uuid(value: UUID | None) -> UUID | None:
-    # asyncpg returns its own UUID subclass; hand out plain uuid.UUID objects
-    return None if value is None else UUID(int=value.int)
-
-
-async def _fetch(conn: asyncpg.Connection, sql: str, *args: Any) -> list[Any]:
-    return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
-
-
-def _version(row: Any) -> VersionRecord:
-    vid, lid, version, prev, type_name, state, state_hash, created_at, op_id = row
-    return VersionRecord(
-        UUID(int=vid.int), UUID(int=lid.int), version, _uuid(prev), type_name, None, state,
-        state_hash, created_at, op_id,
-    )  # fmt: skip
-
-
-class _OutcomeUnknown(Exception):
-    """The connection broke while COMMIT was in flight: such a write is never retried."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _LoopThread:
-    """An event loop running forever in a daemon thread; ``run`` waits for a coroutine on it."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if threading.get_ident() == self._thread.ident:
-            raise RuntimeError("a PostgresStore cannot be called from its own event loop thread")
-        if self.loop.is_closed() or not self._thread.is_alive():
-            raise StoreClosedError("the PostgreSQL store's event loop has stopped")
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            while True:
-                try:
-                    return fut.result(timeout=1.0)
-                except TimeoutError:
-                    if fut.done():
-                        raise
-                    if not self._thread.is_alive():
-                        raise StoreClosedError("the PostgreSQL store was closed") from None
-        except BaseException:
-            fut.cancel()
-            raise
-
-    def stop(self) -> None:
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():
-                self.loop.close()
-
-
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    """Pool release hook: the store never leaves session state behind (saves a round trip)."""
 
 
 class PostgresStore(Store):
@@ -201,7 +94,7 @@ class PostgresStore(Store):
             raise ConfigError(f"{self._redacted!r} is not a postgresql:// URL")
         options = _options(parts.query, {"schema", "sslmode", "connect_timeout"})
         self.schema: str | None = options.get("schema") or None
-        if self.schema is not None and not _SCHEMA_NAME.match(self.schema):
+        if self.schema is not None and not SCHEMA_NAME.match(self.schema):
             raise ConfigError(
                 f"schema {self.schema!r} must be a letter or _ followed by letters, digits or _"
             )
@@ -213,12 +106,12 @@ class PostgresStore(Store):
         dsn = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
         # advisory locks are per database: the second key keeps schemas from contending
         key2 = zlib.crc32((self.schema or "").encode()) - (1 << 31)
-        self._bootstrap_lock, self._events_lock = (_LOCK_BOOTSTRAP, key2), (_LOCK_EVENTS, key2)
+        self._bootstrap_lock, self._events_lock = (LOCK_BOOTSTRAP, key2), (LOCK_EVENTS, key2)
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool: asyncpg.Pool | None = None
-        self._loop = _LoopThread(f"forseti-pg-{id(self):x}")
+        self._loop = LoopThread(f"forseti-pg-{id(self):x}")
         try:
             self._loop.run(self._open(dsn, timeout, max(1, max_connections)))
         except BaseException:
@@ -232,7 +125,7 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_connections, timeout=timeout,
-                server_settings=settings, reset=_no_reset,
+                server_settings=settings, reset=no_reset,
             )  # fmt: skip
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 ValueError) as exc:  # fmt: skip
@@ -290,7 +183,7 @@ class PostgresStore(Store):
     async def _close_pool(pool: asyncpg.Pool) -> None:
         try:
             await asyncio.wait_for(pool.close(), timeout=5)
-        except (TimeoutError, *_MAYBE_LOST):
+        except (TimeoutError, *MAYBE_LOST):
             pool.terminate()
 
     def describe(self) -> str:
@@ -317,7 +210,7 @@ class PostgresStore(Store):
         """Retry once on a fresh connection when the first one turns out to be dead.
 
         Safe for writes too: a connection that died before COMMIT was sent committed nothing; a
-        write whose COMMIT was in flight (:class:`_OutcomeUnknown`) is never retried.
+        write whose COMMIT was in flight (:class:`OutcomeUnknown`) is never retried.
         """
         pool = self._pool
         if pool is None:
@@ -326,13 +219,13 @@ class PostgresStore(Store):
             async with pool.acquire() as conn:
                 try:
                     return await fn(conn, *args)
-                except _OutcomeUnknown as exc:
-                    _terminate(conn)
+                except OutcomeUnknown as exc:
+                    terminate(conn)
                     raise exc.cause from None
-                except _MAYBE_LOST as exc:
-                    if not _connection_lost(exc):
+                except MAYBE_LOST as exc:
+                    if not connection_lost(exc):
                         raise
-                    _terminate(conn)  # never hand a broken connection back to the pool
+                    terminate(conn)  # never hand a broken connection back to the pool
                     if attempt == 2 or self._closed:
                         raise
                     logger.warning("PostgreSQL connection lost (%s); reconnecting, retrying", exc)
@@ -353,10 +246,10 @@ class PostgresStore(Store):
                 body_done = True
         except asyncpg.UniqueViolationError as exc:
             raise await self._map_unique(conn, exc, current[-1] if current else None) from None
-        except _MAYBE_LOST as exc:
-            if body_done and _connection_lost(exc):
+        except MAYBE_LOST as exc:
+            if body_done and connection_lost(exc):
                 exc.add_note("the connection broke during COMMIT: the outcome is unknown")
-                raise _OutcomeUnknown(exc) from exc
+                raise OutcomeUnknown(exc) from exc
             raise
         return out
 
@@ -377,7 +270,7 @@ class PostgresStore(Store):
             if rec.version > 1:
                 edges = batch.edges if inline else []
                 row = await conn.fetchrow(
-                    _APPEND, rec.id, rec.lineage_id, rec.version, rec.previous_id, rec.type_name,
+                    APPEND, rec.id, rec.lineage_id, rec.version, rec.previous_id, rec.type_name,
                     rec.state, rec.state_hash, rec.created_at, rec.op_id,
                     [e.src_id for e in edges], [e.dst_id for e in edges], [e.relation for e in edges],
                     rec.name,
@@ -398,7 +291,7 @@ class PostgresStore(Store):
                 rec.lineage_id, rec.type_name, rec.name, rec.created_at,
             )  # fmt: skip
             await conn.execute(
-                f"INSERT INTO entity_versions ({_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                f"INSERT INTO entity_versions ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 rec.id, rec.lineage_id, rec.version, rec.previous_id, rec.type_name, rec.state,
                 rec.state_hash, rec.created_at, rec.op_id,
             )  # fmt: skip
@@ -412,7 +305,7 @@ class PostgresStore(Store):
         if batch.skip_logged_events:
             out: list[EventRecord] = []
             if batch.events:
-                await conn.execute(_EVENTS_SKIP, *self._event_args(batch.events))
+                await conn.execute(EVENTS_SKIP, *self._event_args(batch.events))
         else:
             out = await self._append_events(conn, batch.events)
         if batch.tracking is not None:
@@ -432,7 +325,7 @@ class PostgresStore(Store):
         if not evs:
             return []
         try:
-            rows = await conn.fetch(_EVENTS, *self._event_args(evs))
+            rows = await conn.fetch(EVENTS, *self._event_args(evs))
         except asyncpg.UniqueViolationError as exc:
             found = re.search(r"\(event_id\)=\(([0-9a-fA-F-]+)\)", exc.detail or "")
             which = found.group(1) if found else "of this batch"
@@ -484,7 +377,7 @@ class PostgresStore(Store):
             actual = await conn.fetchval(
                 "SELECT max(version) FROM entity_versions WHERE lineage_id=$1", rec.lineage_id
             )
-        except _MAYBE_LOST:
+        except MAYBE_LOST:
             actual = None
         if name == "pk_lineages" and actual is not None:
             try:
@@ -502,34 +395,34 @@ class PostgresStore(Store):
 
     def _rows(self, sql: str, *args: Any) -> list[Any]:
         """The rows of one query (converted to records on the caller's thread)."""
-        return self._call(_fetch, sql, *args)
+        return self._call(fetch_rows, sql, *args)
 
     def _one(self, sql: str, *args: Any) -> VersionRecord | None:
         rows = self._rows(sql, *args)
-        return _version(rows[0]) if rows else None
+        return version_record(rows[0]) if rows else None
 
     def _many(self, sql: str, *args: Any) -> list[VersionRecord]:
-        return [_version(r) for r in self._rows(sql, *args)]
+        return [version_record(r) for r in self._rows(sql, *args)]
 
     def head(self, lineage_id: UUID) -> VersionRecord | None:
-        return self._one(_SELECT + "lineage_id=$1 ORDER BY version DESC LIMIT 1", lineage_id)
+        return self._one(SELECT + "lineage_id=$1 ORDER BY version DESC LIMIT 1", lineage_id)
 
     def get_version(self, lineage_id: UUID, version: int) -> VersionRecord | None:
-        return self._one(_SELECT + "lineage_id=$1 AND version=$2", lineage_id, version)
+        return self._one(SELECT + "lineage_id=$1 AND version=$2", lineage_id, version)
 
     def get_by_id(self, version_id: UUID) -> VersionRecord | None:
-        return self._one(_SELECT + "id=$1", version_id)
+        return self._one(SELECT + "id=$1", version_id)
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
-        return self._many(_SELECT + "op_id=$1 ORDER BY lineage_id, version", op_id)
+        return self._many(SELECT + "op_id=$1 ORDER BY lineage_id, version", op_id)
 
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
-        return self._many(_SELECT + "lineage_id=$1 ORDER BY version", lineage_id)
+        return self._many(SELECT + "lineage_id=$1 ORDER BY version", lineage_id)
 
     def find_heads(self, type_names: Sequence[str], name: str | None = None) -> list[VersionRecord]:
         if not type_names:
             return []
-        cols = ", ".join(f"v.{c.strip()}" for c in _COLS.split(","))
+        cols = ", ".join(f"v.{c.strip()}" for c in COLS.split(","))
         where = "l.kind = ANY($1::text[])" + (" AND l.name = $2" if name is not None else "")
         args: list[Any] = [list(type_names)] + ([name] if name is not None else [])
         return self._many(
@@ -638,6 +531,6 @@ class PostgresStore(Store):
             args.append(limit)
             sql += f" LIMIT ${len(args)}"
         return [
-            EventRecord(UUID(int=eid.int), top, payload, rec, _uuid(lid), ver, seq)
+            EventRecord(UUID(int=eid.int), top, payload, rec, std_uuid(lid), ver, seq)
             for seq, eid, lid, ver, top, payload, rec in self._rows(sql, *args)
         ]

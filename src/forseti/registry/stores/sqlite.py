@@ -11,11 +11,12 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Hashable, Sequence
-from typing import Any
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
+from ...entities.refs import fast_uuid
 from ...errors import (
     ConflictError,
     IntegrityError,
@@ -24,7 +25,6 @@ from ...errors import (
     StoreClosedError,
     ValidationError,
 )
-from ...entities.refs import fast_uuid
 from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from .base import (
