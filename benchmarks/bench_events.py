@@ -146,9 +146,10 @@ def bench_sync(sz: Sizes) -> list[Result]:
                 h(StepCompleted(step=1, loss=0.5))
 
             base_b = summarize(time_blocks(build_direct, sz.blocks, sz.per_block))
-            s_b = summarize(
-                time_blocks(lambda: publish(StepCompleted(step=1, loss=0.5)), sz.blocks, sz.per_block)
-            )
+            def build_publish() -> None:
+                publish(StepCompleted(step=1, loss=0.5))
+
+            s_b = summarize(time_blocks(build_publish, sz.blocks, sz.per_block))
             out.append(
                 Result(
                     "build + publish -> 1 sync handler (per event)",
@@ -229,7 +230,8 @@ def bench_async(sz: Sizes) -> list[Result]:
     # sync publish of an event whose handlers are async: they run on the bus's loop thread
     event = events[0]
     n_sync = max(50, sz.async_per_block // 4)
-    s_sync = summarize(time_blocks(lambda: bus.publish(event), max(5, sz.async_blocks // 3), n_sync))
+    sync_blocks = max(5, sz.async_blocks // 3)
+    s_sync = summarize(time_blocks(lambda: bus.publish(event), sync_blocks, n_sync))
     out.append(
         Result(
             "publish (sync) -> 3 async handlers (per event)",
@@ -512,7 +514,7 @@ def bench_persist_pg(tmp: Path, sz: Sizes) -> list[Result]:
             f"persist {n // 1000}k step events [postgres] (per event)",
             per_event,
             base,
-            baseline_name="raw asyncpg INSERT … SELECT unnest, 1000 rows/txn, same DDL and server",
+            baseline_name="raw asyncpg INSERT … SELECT unnest, 1000 rows/txn, same DDL, server",
             target_s=T_PG,
             group="event log",
             samples=len(runs),

@@ -12,7 +12,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
-from uuid import UUID
+from uuid import RFC_4122, UUID
 
 import msgspec
 import pytest
@@ -89,15 +89,17 @@ def test_event_defaults() -> None:
     a = Ping(n=1)
     b = Ping(n=1)
     after = time.time()
-    assert isinstance(a.id, UUID) and a.id.version == 4
+    assert isinstance(a.id, UUID) and a.id.version == 7  # time-ordered (UUIDv7)
     assert a.id != b.id
     assert before <= a.timestamp <= after
     assert a.causation_id is None and a.correlation_id is None
     assert a.subject is None
     assert Ping.topic == "tests.events_bus.Ping"
     assert Ping.persist is True
-    ids = {new_event_id() for _ in range(1000)}
-    assert len(ids) == 1000 and all(u.version == 4 for u in ids)
+    ids = [new_event_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(u.version == 7 and u.variant == RFC_4122 for u in ids)
+    millis = [u.int >> 80 for u in ids]  # the leading 48 bits are Unix milliseconds, in order
+    assert millis == sorted(millis) and int(before * 1000) <= millis[0] <= int(after * 1000) + 1000
 
 
 def test_event_is_frozen() -> None:

@@ -38,14 +38,19 @@ __all__ = [
 
 _rng = random.Random()
 os.register_at_fork(after_in_child=_rng.seed)  # forked processes must not repeat ids
-_VARIANT_MASK = ~((0xF000 << 64) | (0xC000 << 48))
-_VARIANT_BITS = (0x4000 << 64) | (0x8000 << 48)
+# version nibble (bits 76-79) = 7, variant bits (62-63) = 0b10; the rest of the low 80 bits random
+_RAND_MASK = ((1 << 80) - 1) & ~((0xF << 76) | (0x3 << 62))
+_V7_BITS = (0x7 << 76) | (0x2 << 62)
 _SAFE = uuid.SafeUUID.unknown
 
 
 def new_event_id() -> UUID:
-    """A random (version 4) UUID, about three times cheaper than ``uuid.uuid4()``."""
-    value = (_rng.getrandbits(128) & _VARIANT_MASK) | _VARIANT_BITS
+    """A time-ordered (version 7) UUID: 48 bits of Unix milliseconds, then random bits.
+
+    Ids that grow with time keep the log's unique index append-mostly, which is several times
+    faster to insert into than random ids; and they are cheaper to make than ``uuid.uuid4()``.
+    """
+    value = (int(time.time() * 1000) << 80) | (_rng.getrandbits(80) & _RAND_MASK) | _V7_BITS
     u = object.__new__(UUID)
     object.__setattr__(u, "int", value)
     object.__setattr__(u, "is_safe", _SAFE)

@@ -142,6 +142,10 @@ class AsyncDispatch:
         except asyncio.CancelledError:
             await self._finish(dispatcher)  # ... and every event still queued is delivered
             raise
+        finally:
+            loop = asyncio.get_running_loop()
+            if self._dispatchers.get(loop) is dispatcher:
+                del self._dispatchers[loop]  # a finished loop is not kept alive by the bus
 
     async def _finish(self, dispatcher: _Dispatcher) -> None:
         """Deliver everything left queued (the loop is shutting down): nothing is dropped."""

@@ -6,10 +6,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from typing import Any, TypeVar
-
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 __all__ = ["AsyncRunner"]
 
@@ -19,6 +16,7 @@ T = TypeVar("T")
 class AsyncRunner:
     """Runs coroutine functions to completion from sync code on a private event-loop thread.
 
+    The loop runs on a daemon thread, so an unclosed runner never holds up interpreter exit.
     The caller may itself be inside a running loop (a notebook), or even on the runner's own loop
     thread (a sync ``publish`` from inside an async handler); in that last case the coroutine runs
     on a short-lived helper thread instead, since a loop cannot block on itself.
@@ -26,41 +24,40 @@ class AsyncRunner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``await fn()`` and return its result (or raise its exception)."""
-        portal = self._portal or self._start()
+        loop = self._loop or self._start()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is not None and running is self._loop:
+        if running is loop:
             with ThreadPoolExecutor(1, thread_name_prefix="forseti-nested-handler") as pool:
                 return pool.submit(asyncio.run, _call(fn)).result()
-        return portal.call(fn)  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(_call(fn), loop).result()
 
-    def _start(self) -> BlockingPortal:
+    def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._portal is None:
-                self._cm = start_blocking_portal()
-                portal = self._cm.__enter__()
-                self._loop = portal.call(_current_loop)
-                self._portal = portal
-            return self._portal
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="forseti-async-handlers", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
 
     def close(self) -> None:
         """Stop the loop thread (idempotent)."""
         with self._lock:
-            cm, self._cm, self._portal, self._loop = self._cm, None, None, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
-
-
-async def _current_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
 
 
 async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:

@@ -9,8 +9,10 @@ event of a committed version.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +89,8 @@ class EventWriter:
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="forseti-event-writer", daemon=True)
         self._thread.start()
+        # a process that ends without close() still writes what it buffered
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     def submit(self, event: Event, payload: bytes) -> None:
         """Queue an event (and its encoded payload) for the next group commit."""
@@ -103,7 +107,11 @@ class EventWriter:
         return len(self._buffer)
 
     def flush(self) -> int:
-        """Write everything submitted so far, in this thread; returns how many were written."""
+        """Write everything submitted so far, in this thread.
+
+        Returns how many submitted events were handed to the store (an event the log already
+        holds is counted, though the store skips it).
+        """
         written = 0
         while True:
             with self._write_lock:
@@ -170,6 +178,15 @@ class EventWriter:
             self._cond.notify_all()
         self._thread.join()
         self.flush()
+
+
+def _flush_at_exit(ref: weakref.ref[EventWriter]) -> None:
+    writer = ref()
+    if writer is not None and not writer._closed:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - the store may already be gone at exit
+            logger.exception("could not flush buffered events at exit")
 
 
 class Projection:

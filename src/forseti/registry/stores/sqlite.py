@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,9 +45,17 @@ logger = logging.getLogger(__name__)
 _VERSION_COLS = "id, lineage_id, version, previous_id, type, state, state_hash, created_at, op_id"
 
 
+_second: tuple[int | None, str] = (None, "")
+
+
 def _ts(dt: datetime) -> str:
-    # SQLAlchemy's SQLite DATETIME format, in UTC
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """SQLAlchemy's SQLite DATETIME text, in UTC (the per-second prefix is cached: hot path)."""
+    global _second
+    seconds = int(dt.timestamp() // 1)
+    cached = _second
+    if cached[0] != seconds:
+        cached = _second = (seconds, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{dt.microsecond:06d}"
 
 
 def _dt(text: str) -> datetime:
