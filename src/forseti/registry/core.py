@@ -21,7 +21,7 @@ from .codec import decode_version
 from .eventlog import EventWriter
 from .facets import Alias, AliasesMixin, BlobsMixin, EventLogMixin
 from .records import TrackingUpdate, VersionRecord
-from .stores.base import Store, walk_graph
+from .stores.base import Store
 
 __all__ = ["EntityRegistry", "Alias"]
 
@@ -295,8 +295,7 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
         if not isinstance(ref, EntityRef):
             raise ValidationError(f"expected an Entity or EntityRef, got {type(of).__name__}")
         start = self.get(ref).id
-        edges = self._store.graph_edges(start, direction)
-        return walk_graph(self._store.graph_key(start), edges, max_depth)
+        return self._store.walk(start, direction, max_depth)
 
     # -- cache -----------------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ entities. One contract test suite runs against every implementation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 
-from ...entities.refs import EntityRef, fast_ref
+from ...entities import EntityRef
 from ...errors import ConflictError, DuplicateOperationError, NotFoundError, ValidationError
 from ..records import (
     AliasRecord,
@@ -21,7 +21,7 @@ from ..records import (
 )
 
 __all__ = ["Store", "check_append", "check_new_lineage", "alias_conflict",
-    "tracking_conflict", "walk_graph", "op_ids", "duplicate_operation"]
+    "tracking_conflict", "op_ids", "duplicate_operation"]
 
 
 class Store(ABC):
@@ -71,19 +71,12 @@ class Store(ABC):
         """Head versions of the lineages of these types (and this name), oldest lineage first."""
 
     @abstractmethod
-    def graph_edges(
-        self, start_id: UUID, direction: str
-    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
-        """Every edge reachable from ``start_id``: ``(from_key, to_key, to_version, to_lineage)``.
+    def walk(self, start_id: UUID, direction: str, max_depth: int | None) -> list[EntityRef]:
+        """Versions reachable from ``start_id`` over provenance edges, nearest first, each once.
 
         ``direction`` is ``"up"`` (towards inputs: ancestors) or ``"down"`` (towards outputs:
-        descendants); ``from_key`` is the end nearer the start. Keys are whatever identifies a
-        version cheaply in the store (see :meth:`graph_key`).
+        descendants); ``max_depth`` bounds the number of hops.
         """
-
-    def graph_key(self, version_id: UUID) -> Hashable:
-        """The key ``graph_edges`` uses for a version id (the id itself unless overridden)."""
-        return version_id
 
     @abstractmethod
     def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
@@ -216,27 +209,3 @@ def alias_conflict(
         expected=expected,
         actual=actual,
     )
-
-
-def walk_graph(
-    start: Hashable, edges: Iterable[tuple[Hashable, Hashable, int, UUID]], max_depth: int | None
-) -> list[EntityRef]:
-    """Breadth-first order (nearest first) over the edges a store returned from ``graph_edges``."""
-    adjacency: dict[Hashable, list[tuple[Hashable, int, UUID]]] = {}
-    for frm, to, version, lineage in edges:
-        adjacency.setdefault(frm, []).append((to, version, lineage))
-    seen = {start}
-    out: list[EntityRef] = []
-    frontier = [start]
-    depth = 0
-    while frontier and (max_depth is None or depth < max_depth):
-        depth += 1
-        nxt = []
-        for node in frontier:
-            for to, version, lineage in adjacency.get(node, ()):
-                if to not in seen:
-                    seen.add(to)
-                    nxt.append(to)
-                    out.append(fast_ref(lineage, version))
-        frontier = nxt
-    return out

@@ -7,15 +7,16 @@ and a commit touches a dozen keys.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 
+from ...entities import EntityRef
 from ...errors import (
     NotFoundError,
     StoreClosedError,
     ValidationError,
 )
-from ..records import AliasRecord, EdgeRecord, EventRecord, VersionRecord, WriteBatch
+from ..records import AliasRecord, EventRecord, VersionRecord, WriteBatch
 from .base import (
     Store,
     alias_conflict,
@@ -25,6 +26,7 @@ from .base import (
     op_ids,
     tracking_conflict,
 )
+from .graph import GraphIndex
 
 __all__ = ["MemoryStore"]
 
@@ -41,9 +43,8 @@ class MemoryStore(Store):
         self._by_id: dict[int, VersionRecord] = {}
         self._by_op: dict[str, list[VersionRecord]] = {}
         self._kinds: dict[int, tuple[str, str | None]] = {}
-        self._up: dict[int, list[EdgeRecord]] = {}  # dst -> edges into it
-        self._down: dict[int, list[EdgeRecord]] = {}  # src -> edges out of it
         self._edge_keys: set[tuple[int, int, str]] = set()
+        self._graph = GraphIndex()  # the provenance graph, by version id
         self._aliases: dict[tuple[int, str], AliasRecord] = {}
         self._events: list[EventRecord] = []
         self._event_ids: set[int] = set()
@@ -106,13 +107,15 @@ class MemoryStore(Store):
                 self._by_id[rec.id.int] = rec
                 if rec.op_id is not None:
                     self._by_op.setdefault(rec.op_id, []).append(rec)
+            new_edges = []
             for edge in batch.edges:
                 src, dst = edge.src_id.int, edge.dst_id.int
                 key = (src, dst, edge.relation)
                 if key not in self._edge_keys:
                     self._edge_keys.add(key)
-                    self._up.setdefault(dst, []).append(edge)
-                    self._down.setdefault(src, []).append(edge)
+                    a, b = self._by_id[src], self._by_id[dst]
+                    new_edges.append((0, src, dst, a.lineage_id, a.version, b.lineage_id, b.version))
+            self._graph.add(new_edges)
             out = []
             for ev in new_events:
                 stored = EventRecord(
@@ -165,31 +168,10 @@ class MemoryStore(Store):
                 if kind in wanted and (name is None or lname == name)
             ]
 
-    def graph_edges(
-        self, start_id: UUID, direction: str
-    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
+    def walk(self, start_id: UUID, direction: str, max_depth: int | None) -> list[EntityRef]:
         self._check_open()
-        out: list[tuple[Hashable, Hashable, int, UUID]] = []
-        up = direction == "up"
-        index = self._up if up else self._down
-        by_id = self._by_id
         with self._lock:
-            start = start_id.int
-            seen = {start}
-            stack = [start]
-            while stack:
-                node = stack.pop()
-                for edge in index.get(node, ()):
-                    other = (edge.src_id if up else edge.dst_id).int
-                    rec = by_id[other]
-                    out.append((node, other, rec.version, rec.lineage_id))
-                    if other not in seen:
-                        seen.add(other)
-                        stack.append(other)
-        return out
-
-    def graph_key(self, version_id: UUID) -> Hashable:
-        return version_id.int
+            return self._graph.walk(start_id.int, direction, max_depth)
 
     # -- aliases -------------------------------------------------------------------------------
 

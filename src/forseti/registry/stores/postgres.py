@@ -26,7 +26,8 @@ from uuid import UUID
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ...entities.refs import fast_uuid
+from ...entities import EntityRef
+from ...entities.refs import fast_ref, fast_uuid
 from ...errors import (
     ConfigError,
     ConflictError,
@@ -48,6 +49,7 @@ from .base import (
     op_ids,
     tracking_conflict,
 )
+from .graph import bfs
 
 __all__ = ["PostgresStore"]
 
@@ -432,9 +434,7 @@ class PostgresStore(Store):
             *args,
         )
 
-    def graph_edges(
-        self, start_id: UUID, direction: str
-    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
+    def walk(self, start_id: UUID, direction: str, max_depth: int | None) -> list[EntityRef]:
         near, far = ("dst_id", "src_id") if direction == "up" else ("src_id", "dst_id")
         rows = self._rows(
             f"WITH RECURSIVE walk(near, far) AS ("
@@ -444,10 +444,12 @@ class PostgresStore(Store):
             f"JOIN entity_versions v ON v.id = w.far",
             start_id,
         )
-        return [(a.int, b.int, v, fast_uuid(lid.int)) for a, b, v, lid in rows]
-
-    def graph_key(self, version_id: UUID) -> Hashable:
-        return version_id.int
+        neighbours: dict[Hashable, list[Hashable]] = {}
+        refs: dict[Hashable, EntityRef] = {}
+        for a, b, version, lineage in rows:
+            neighbours.setdefault(a.int, []).append(b.int)
+            refs[b.int] = fast_ref(fast_uuid(lineage.int), version)
+        return bfs(start_id.int, neighbours, refs, max_depth)
 
     # -- aliases -------------------------------------------------------------------------------
 

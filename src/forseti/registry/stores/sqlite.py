@@ -11,12 +11,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from ...entities import EntityRef
 from ...entities.refs import fast_uuid
 from ...errors import (
     ConflictError,
@@ -37,6 +38,7 @@ from .base import (
     op_ids,
     tracking_conflict,
 )
+from .graph import GraphIndex
 
 __all__ = ["SQLiteStore"]
 
@@ -80,6 +82,7 @@ class SQLiteStore(Store):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
+        self._graph = GraphIndex()  # built on the first provenance walk
         self._bootstrap()
 
     # -- connections ---------------------------------------------------------------------------
@@ -332,30 +335,31 @@ class SQLiteStore(Store):
         ).fetchall()
         return [self._version(r) for r in rows]  # type: ignore[misc]
 
-    def graph_edges(
-        self, start_id: UUID, direction: str
-    ) -> list[tuple[Hashable, Hashable, int, UUID]]:
-        near, far = ("dst_id", "src_id") if direction == "up" else ("src_id", "dst_id")
-        rows = self._conn().execute(
-            f"WITH RECURSIVE walk(near, far) AS ("
-            f" SELECT {near}, {far} FROM provenance_edges WHERE {near} = ?"
-            f" UNION SELECT e.{near}, e.{far} FROM provenance_edges e JOIN walk w ON e.{near} = w.far"
-            f") SELECT w.near, w.far, v.version, v.lineage_id FROM walk w "
-            f"JOIN entity_versions v ON v.id = w.far",
-            (start_id.hex,),
-        ).fetchall()
-        # keys stay hex text; only the lineages of the answer become UUIDs (once each)
-        lineages: dict[str, UUID] = {}
-        out: list[tuple[Hashable, Hashable, int, UUID]] = []
-        for a, b, version, lid in rows:
-            lineage = lineages.get(lid)
-            if lineage is None:
-                lineage = lineages[lid] = fast_uuid(lid)
-            out.append((a, b, version, lineage))
-        return out
+    def walk(self, start_id: UUID, direction: str, max_depth: int | None) -> list[EntityRef]:
+        # edges are append-only and SQLite hands out rowids in commit order, so the in-memory
+        # copy only needs the rows after the last one it has
+        graph = self._graph
+        with graph.lock:
+            rows = self._conn().execute(
+                "SELECT e.rowid, e.src_id, e.dst_id, s.lineage_id, s.version, d.lineage_id, "
+                "d.version FROM provenance_edges e JOIN entity_versions s ON s.id = e.src_id "
+                "JOIN entity_versions d ON d.id = e.dst_id WHERE e.rowid > ? ORDER BY e.rowid",
+                (graph.cursor,),
+            ).fetchall()
+            if rows:
+                lineages: dict[str, UUID] = {}
 
-    def graph_key(self, version_id: UUID) -> Hashable:
-        return version_id.hex
+                def lineage(text: str) -> UUID:
+                    found = lineages.get(text)
+                    if found is None:
+                        found = lineages[text] = fast_uuid(text)
+                    return found
+
+                graph.add(
+                    (pos, a, b, lineage(la), va, lineage(lb), vb)
+                    for pos, a, b, la, va, lb, vb in rows
+                )
+            return graph.walk(start_id.hex, direction, max_depth)
 
     # -- aliases -------------------------------------------------------------------------------
 
