@@ -35,22 +35,44 @@ __all__ = [
 
 
 def open(  # noqa: A001 - the public name is forseti.open
-    url: str | None = None, *, blob_dir: str | os.PathLike[str] | None = None
+    url: str | None = None,
+    *,
+    blob_dir: str | os.PathLike[str] | None = None,
+    event_batch_size: int = 1000,
+    event_interval: float = 0.05,
 ) -> EntityRegistry:
     """Open a registry.
 
     ``url`` is ``memory://``, ``sqlite:///path.db`` or ``postgresql://user@host/db``; without it,
     ``$FORSETI_URL``, else a SQLite file under ``./.forseti/``. Blobs go to ``blob_dir`` (or
-    ``$FORSETI_BLOB_DIR``), by default a ``blobs/`` folder beside the SQLite file.
+    ``$FORSETI_BLOB_DIR``), by default a ``blobs/`` folder beside the SQLite file. Published
+    events are written to the log in group commits of up to ``event_batch_size`` events, at least
+    every ``event_interval`` seconds.
     """
     store, blobs = open_store(resolve_url(url), blob_dir)
-    return EntityRegistry(store, blobs)
+    try:
+        return EntityRegistry(
+            store, blobs, event_batch_size=event_batch_size, event_interval=event_interval
+        )
+    except BaseException:
+        store.close()
+        raise
 
 
 async def aopen(
-    url: str | None = None, *, blob_dir: str | os.PathLike[str] | None = None
+    url: str | None = None,
+    *,
+    blob_dir: str | os.PathLike[str] | None = None,
+    event_batch_size: int = 1000,
+    event_interval: float = 0.05,
 ) -> AsyncEntityRegistry:
     """Open an :class:`AsyncEntityRegistry`; same arguments as :func:`open`."""
-    resolved = resolve_url(url)
-    store, blobs = await anyio.to_thread.run_sync(open_store, resolved, blob_dir)
-    return AsyncEntityRegistry(EntityRegistry(store, blobs))
+    registry = await anyio.to_thread.run_sync(
+        lambda: open(
+            url,
+            blob_dir=blob_dir,
+            event_batch_size=event_batch_size,
+            event_interval=event_interval,
+        )
+    )
+    return AsyncEntityRegistry(registry)
