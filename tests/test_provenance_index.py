@@ -35,3 +35,26 @@ def test_a_walk_after_a_failed_commit_sees_no_phantom_edges(reg: fs.EntityRegist
     else:  # pragma: no cover - the stale draft must be refused
         raise AssertionError("a stale draft was committed")
     assert [ref.version for ref in reg.descendants(root)] == [2]
+
+
+def test_head_cache_sees_a_commit_from_another_process(tmp_path: Path) -> None:
+    """The SQLite head cache is checked against the WAL index: another process's commit shows."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'heads.db'}"
+    with fs.open(url, blob_dir=tmp_path / "b") as reg:
+        m = reg.add(fs.ModelEntity(name="shared", hidden_size=1))
+        assert reg.get(m.lineage_id) == m  # cached now
+        code = (
+            "import forseti as fs, sys\n"
+            f"reg = fs.open({url!r}, blob_dir={str(tmp_path / 'b')!r})\n"
+            f"head = reg.get({str(m.lineage_id)!r})\n"
+            "reg.commit(head.evolve(hidden_size=2))\n"
+            "reg.close()\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        head = reg.get(m.lineage_id)
+        assert (head.version, head.hidden_size) == (2, 2)
+        assert reg.get(m.lineage_id) is head  # and cached again

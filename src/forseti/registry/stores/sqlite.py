@@ -8,6 +8,7 @@ the write lock; the ``(lineage_id, version)`` primary key remains the final OCC 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -83,7 +84,10 @@ class SQLiteStore(Store):
         self._all_lock = threading.Lock()
         self._closed = False
         self._graph = GraphIndex()  # built on the first provenance walk
+        self._shm_fd: int | None = None
+        self._shm_token = b""
         self._bootstrap()
+        self._watch_shm()
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -468,6 +472,20 @@ class SQLiteStore(Store):
     # -- cache coherence, lifecycle ------------------------------------------------------------
 
     def changed_externally(self) -> bool:
+        # Fast path: the WAL-index header in the "-shm" file changes with every commit (its
+        # iChange counter, frame count and checksums; see sqlite.org/walformat.html). Reading it
+        # costs a fraction of a query. Any change, ours included, reports True: the head cache is
+        # then re-read once. A torn read only gives a spurious True.
+        if self._shm_fd is not None and not self._closed:
+            try:
+                token = os.pread(self._shm_fd, 40, 8)
+            except OSError:
+                token = b""
+            if len(token) == 40:
+                if token == self._shm_token:
+                    return False
+                self._shm_token = token
+                return True
         conn = self._conn()
         current = conn.execute("PRAGMA data_version").fetchone()[0]
         if current != self._local.data_version:
@@ -475,8 +493,17 @@ class SQLiteStore(Store):
             return True
         return False
 
+    def _watch_shm(self) -> None:
+        try:
+            self._shm_fd = os.open(f"{self.path}-shm", os.O_RDONLY)
+        except OSError:
+            self._shm_fd = None  # no shared-memory index: PRAGMA data_version it is
+
     def close(self) -> None:
         self._closed = True
+        fd, self._shm_fd = self._shm_fd, None
+        if fd is not None:
+            os.close(fd)
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
