@@ -1,4 +1,4 @@
-"""Provenance walks stay exact when other writers add edges after a walk built the graph index."""
+"""Store-side caches stay exact: the provenance graph index and the SQLite head cache."""
 
 from __future__ import annotations
 
