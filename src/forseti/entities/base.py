@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from ..errors import UnknownEntityTypeError, ValidationError
 from .refs import EntityRef
+from .typenames import register_name
 
 __all__ = ["Entity", "SYSTEM_FIELDS", "MAX_VERSION", "entity_type", "entity_types", "utcnow"]
 
@@ -74,24 +75,7 @@ class Entity(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        name = cls.__dict__.get("entity_type")
-        if not name:
-            name = f"{cls.__module__}.{cls.__qualname__}"
-            cls.entity_type = name
-        if not isinstance(name, str) or "\x00" in name:
-            raise TypeError(f"{cls.__name__}.entity_type must be a string without NUL characters")
-        known = _TYPES.get(name)
-        if known is not None and (known.__module__, known.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
-            raise TypeError(
-                f"entity type name {name!r} is already used by "
-                f"{known.__module__}.{known.__qualname__}; give {cls.__qualname__} its own "
-                f"entity_type"
-            )
-        # Re-defining the same class (a re-run notebook cell) replaces the old definition.
-        _TYPES[name] = cls
+        register_name(_TYPES, cls, "entity_type", "entity type name")
 
     @model_validator(mode="after")
     def _check_system_fields(self) -> Self:

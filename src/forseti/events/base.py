@@ -21,6 +21,7 @@ from uuid import UUID
 import msgspec
 
 from ..entities import EntityRef
+from ..entities.typenames import register_name
 from ..errors import NotFoundError, ValidationError
 
 __all__ = [
@@ -118,21 +119,7 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        topic = cls.__dict__.get("topic")
-        if not topic:
-            topic = f"{cls.__module__}.{cls.__qualname__}"
-            cls.topic = topic
-        if not isinstance(topic, str) or "\x00" in topic:
-            raise TypeError(f"{cls.__name__}.topic must be a string without NUL characters")
-        known = _TOPICS.get(topic)
-        if known is not None and (known.__module__, known.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
-            raise TypeError(
-                f"event topic {topic!r} is already used by {known.__module__}.{known.__qualname__}"
-            )
-        _TOPICS[topic] = cls
+        register_name(_TOPICS, cls, "topic", "event topic")
 
 
 _TOPICS[Event.topic] = Event

@@ -44,6 +44,45 @@ class CallFailed(Event, frozen=True):
     error_message: str
 
 
+class _Call:
+    """One call of an ``@emit_events`` function: its Started event is the cause of what follows."""
+
+    __slots__ = ("bus", "label", "token", "t0")
+
+    def __init__(self, bus: EventBus, label: str, token: Any, t0: float) -> None:
+        self.bus, self.label, self.token, self.t0 = bus, label, token, t0
+
+    @classmethod
+    def start(cls, bus: EventBus | None, label: str) -> _Call | None:
+        target = bus or active_bus()
+        if target is None:
+            return None
+        started = CallStarted(function=label)
+        target.publish(started)
+        return cls(target, label, _CURRENT.set(started), time.perf_counter())
+
+    def completed(self, result: Any) -> None:
+        try:
+            ref = result.ref if isinstance(result, Entity) else None
+            duration = time.perf_counter() - self.t0
+            self.bus.publish(CallCompleted(function=self.label, duration_s=duration, result=ref))
+        finally:
+            _CURRENT.reset(self.token)
+
+    def failed(self, exc: BaseException) -> None:
+        try:
+            self.bus.publish(
+                CallFailed(
+                    function=self.label,
+                    duration_s=time.perf_counter() - self.t0,
+                    error_type=type(exc).__name__,
+                    error_message=str(exc),
+                )
+            )
+        finally:
+            _CURRENT.reset(self.token)
+
+
 @overload
 def emit_events(fn: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
@@ -70,70 +109,34 @@ def emit_events(
     def wrap(func: Callable[P, R]) -> Callable[P, R]:
         label = name or f"{func.__module__}.{func.__qualname__}"
 
-        def start() -> tuple[EventBus | None, CallStarted | None, Any, float]:
-            target = bus or active_bus()
-            if target is None:
-                return None, None, None, 0.0
-            started = CallStarted(function=label)
-            target.publish(started)
-            return target, started, _CURRENT.set(started), time.perf_counter()
-
-        def finish(target: EventBus, t0: float, result: Any) -> None:
-            ref = result.ref if isinstance(result, Entity) else None
-            target.publish(
-                CallCompleted(function=label, duration_s=time.perf_counter() - t0, result=ref)
-            )
-
-        def fail(target: EventBus, t0: float, exc: BaseException) -> None:
-            target.publish(
-                CallFailed(
-                    function=label,
-                    duration_s=time.perf_counter() - t0,
-                    error_type=type(exc).__name__,
-                    error_message=str(exc),
-                )
-            )
-
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                target, started, token, t0 = start()
-                if target is None:
+                call = _Call.start(bus, label)
+                if call is None:
                     return await func(*args, **kwargs)  # type: ignore[misc]
                 try:
                     result = await func(*args, **kwargs)  # type: ignore[misc]
                 except BaseException as exc:
-                    try:
-                        fail(target, t0, exc)
-                    finally:
-                        _CURRENT.reset(token)
+                    call.failed(exc)
                     raise
-                try:
-                    finish(target, t0, result)
-                finally:
-                    _CURRENT.reset(token)
+                call.completed(result)
                 return result
 
             return awrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            target, started, token, t0 = start()
-            if target is None:
+            call = _Call.start(bus, label)
+            if call is None:
                 return func(*args, **kwargs)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                try:
-                    fail(target, t0, exc)
-                finally:
-                    _CURRENT.reset(token)
+                call.failed(exc)
                 raise
-            try:
-                finish(target, t0, result)
-            finally:
-                _CURRENT.reset(token)
+            call.completed(result)
             return result
 
         return wrapper
