@@ -9,11 +9,12 @@ STAMP  := $(VENV)/.forseti-installed
 # The CPU build of torch, installed before anything that could pull CUDA packages.
 TORCH  := torch==2.13.0
 
-.PHONY: help venv postgres demo test bench bench-smoke clean
+.PHONY: help venv postgres demo test lint bench bench-smoke clean
 
 help:
 	@echo "make demo         run the end-to-end demo on the embedded SQLite store"
 	@echo "make test         run the whole test suite (installs everything, starts PostgreSQL)"
+	@echo "make lint         ruff and strict mypy over the package"
 	@echo "make bench        run the benchmarks against their in-process baselines"
 	@echo "make bench-smoke  a quick benchmark run (CI)"
 
@@ -39,6 +40,10 @@ demo: venv
 
 test: venv postgres
 	FORSETI_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src --select F,E9,B,I
+	$(BIN)/mypy
 
 bench: venv postgres
 	$(BIN)/python benchmarks/run.py

@@ -13,7 +13,7 @@ import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import UnknownEntityTypeError, ValidationError
-from .refs import EntityRef
+from .refs import EntityRef, fast_ref
 from .typenames import register_name
 
 __all__ = ["Entity", "SYSTEM_FIELDS", "MAX_VERSION", "entity_type", "entity_types", "utcnow"]
@@ -91,7 +91,7 @@ class Entity(BaseModel):
     def ref(self) -> EntityRef:
         """This exact version as an :class:`EntityRef`."""
         # the fields are validated already: skip EntityRef's checks (hot path)
-        return tuple.__new__(EntityRef, (self.lineage_id, self.version))  # type: ignore[arg-type]
+        return fast_ref(self.lineage_id, self.version)
 
     @classmethod
     def user_fields(cls) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ class FrozenDict(Mapping[str, Any]):
     """An immutable, hashable mapping with string keys."""
 
     __slots__ = ("_data", "_hash")
+    _data: dict[str, Any]
+    _hash: int | None
 
     def __init__(self, data: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         merged = dict(data or {}, **kwargs)
@@ -38,13 +40,14 @@ class FrozenDict(Mapping[str, Any]):
     def __hash__(self) -> int:
         if self._hash is None:
             object.__setattr__(self, "_hash", hash(frozenset(self._data.items())))
-        return self._hash  # type: ignore[return-value]
+        assert self._hash is not None
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenDict):
-            return self._data == other._data
+            return bool(self._data == other._data)
         if isinstance(other, Mapping):
-            return normalize(self) == normalize(other)
+            return bool(normalize(self) == normalize(other))
         return NotImplemented
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -30,7 +30,7 @@ def fast_uuid(value: int | str) -> UUID:
 
 def fast_ref(lineage_id: UUID, version: int) -> EntityRef:
     """An EntityRef from values the caller knows are valid (skips the checks)."""
-    return tuple.__new__(EntityRef, (lineage_id, version))  # type: ignore[arg-type]
+    return tuple.__new__(EntityRef, (lineage_id, version))
 
 
 class _EntityRefFields(NamedTuple):

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 import msgspec
@@ -174,4 +174,4 @@ def decode_event(topic: str, payload: bytes) -> Event:
     decoder = _decoders.get(cls)
     if decoder is None:
         decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls)
-    return decoder.decode(payload)
+    return cast(Event, decoder.decode(payload))

@@ -115,9 +115,9 @@ def emit_events(
             async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 call = _Call.start(bus, label)
                 if call is None:
-                    return await func(*args, **kwargs)  # type: ignore[misc]
+                    return await func(*args, **kwargs)
                 try:
-                    result = await func(*args, **kwargs)  # type: ignore[misc]
+                    result = await func(*args, **kwargs)
                 except BaseException as exc:
                     call.failed(exc)
                     raise

@@ -17,6 +17,9 @@ from ..errors import BackpressureError
 from .base import _ACTIVE_BUS, _CURRENT, Event
 from .subscriptions import Subscription
 
+if TYPE_CHECKING:
+    from .bus import BusStats
+
 __all__ = ["AsyncDispatch"]
 
 
@@ -44,6 +47,7 @@ class AsyncDispatch:
     _pending_errors: list[Exception]
     _dispatchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Dispatcher]
     strict: bool
+    stats: BusStats
 
     if TYPE_CHECKING:  # provided by EventBus
 

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = ["AsyncRunner"]
 
@@ -36,8 +36,8 @@ class AsyncRunner:
             running = None
         if running is loop:
             with ThreadPoolExecutor(1, thread_name_prefix="forseti-nested-handler") as pool:
-                return pool.submit(asyncio.run, _call(fn)).result()
-        return asyncio.run_coroutine_threadsafe(_call(fn), loop).result()
+                return cast(T, pool.submit(asyncio.run, _call(fn)).result())
+        return cast(T, asyncio.run_coroutine_threadsafe(_call(fn), loop).result())
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:

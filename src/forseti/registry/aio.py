@@ -84,7 +84,7 @@ class AsyncEntityRegistry:
 
     async def find(self, entity_cls: type[E], **fields: Any) -> list[E]:
         """See :meth:`EntityRegistry.find`."""
-        return await self._run(self._sync.find, entity_cls, **fields)
+        return await self._run(functools.partial(self._sync.find, entity_cls, **fields))
 
     async def ancestors(
         self, of: Entity | EntityRef, *, max_depth: int | None = None

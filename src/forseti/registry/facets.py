@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 from uuid import UUID
 
 from ..entities import BlobRef, EntityRef
@@ -33,6 +33,10 @@ from .stores.base import Store
 __all__ = ["AliasesMixin", "EventLogMixin", "BlobsMixin", "Alias"]
 
 Alias = AliasRecord
+
+
+if TYPE_CHECKING:
+    from .core import EntityRegistry
 
 
 class _Facet:
@@ -155,7 +159,7 @@ class EventLogMixin(_Facet):
         """
         self._check_open()
         self._writer.flush()
-        return run_projection(self, projection, batch_size=batch_size)
+        return run_projection(cast("EntityRegistry", self), projection, batch_size=batch_size)
 
 
 

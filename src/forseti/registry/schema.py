@@ -146,10 +146,12 @@ Index("ix_lineages_kind_name", lineages.c.kind, lineages.c.name)
 
 def ddl_statements(dialect_name: str) -> list[str]:
     """``CREATE TABLE/INDEX IF NOT EXISTS`` statements for ``"sqlite"`` or ``"postgresql"``."""
-    dialect = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}[dialect_name]
+    dialects = {"sqlite": sqlite.dialect, "postgresql": postgresql.dialect}
+    dialect = dialects[dialect_name]()
     out: list[str] = []
     for table in metadata.sorted_tables:
-        out.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip())
+        create = CreateTable(table, if_not_exists=True)
+        out.append(str(create.compile(dialect=dialect)).strip())
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             out.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip())
     return out

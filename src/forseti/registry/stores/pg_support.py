@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 from uuid import UUID
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from ...errors import (
     StoreClosedError,

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from ...entities import EntityRef
 from ...entities.refs import fast_ref, fast_uuid
