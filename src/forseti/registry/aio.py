@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
 from uuid import UUID
 
 import anyio.to_thread
@@ -21,6 +21,9 @@ from ..events import Event, EventBus
 from .blobs import BlobSource
 from .core import Alias, EntityRegistry
 from .eventlog import Projection, ProjectionReport, StoredEvent
+
+if TYPE_CHECKING:
+    from ..operations import Operation, OperationResult
 
 __all__ = ["AsyncEntityRegistry"]
 
@@ -113,6 +116,14 @@ class AsyncEntityRegistry:
         return await self._run(
             self._sync.move_alias, lineage, name, version, expected_revision=expected_revision
         )
+
+    async def submit(self, op: Operation) -> OperationResult:
+        """See :meth:`EntityRegistry.submit` (waits for its turn on a worker thread)."""
+        return await anyio.to_thread.run_sync(self._sync.submit, op)
+
+    async def submit_many(self, ops: Sequence[Operation]) -> list[OperationResult]:
+        """See :meth:`EntityRegistry.submit_many`."""
+        return await anyio.to_thread.run_sync(self._sync.submit_many, ops)
 
     @property
     def bus(self) -> EventBus:

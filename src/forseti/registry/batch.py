@@ -9,6 +9,7 @@ from ..entities import Entity, EntityRef
 from ..entities.refs import fast_ref
 from ..errors import ValidationError
 from ..events import EntityRegistered, EntityVersionCommitted, Event
+from .checks import check_op_id
 from .codec import encode_version
 from .eventlog import to_record
 from .records import EdgeRecord, TrackingUpdate, WriteBatch
@@ -39,12 +40,8 @@ def build_batch(
     for d in drafts:
         if not isinstance(d, Entity):
             raise ValidationError(f"expected an Entity, got {type(d).__name__}")
-    if op_id is not None and (
-        not isinstance(op_id, str) or not 0 < len(op_id) <= 128 or "\x00" in op_id
-    ):
-        raise ValidationError(
-            "op_id is a non-empty string of at most 128 characters, without NUL characters"
-        )
+    if op_id is not None:
+        check_op_id(op_id)
     for e in events:
         if not isinstance(e, Event):
             raise ValidationError(f"expected an Event, got {type(e).__name__}")

@@ -10,7 +10,7 @@ from ..entities import BlobRef
 from ..entities.base import MAX_VERSION
 from ..errors import ValidationError
 
-__all__ = ["as_uuid", "check_version", "as_blob", "check_alias"]
+__all__ = ["as_uuid", "check_version", "as_blob", "check_alias", "check_op_id"]
 
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -41,4 +41,11 @@ def check_alias(name: Any) -> None:
     if not isinstance(name, str) or not _ALIAS.match(name):
         raise ValidationError(
             f"an alias name is 1-128 letters, digits, '.', '_' or '-', got {name!r}"
+        )
+
+
+def check_op_id(op_id: Any) -> None:
+    if not isinstance(op_id, str) or not 0 < len(op_id) <= 128 or "\x00" in op_id:
+        raise ValidationError(
+            "op_id is a non-empty string of at most 128 characters, without NUL characters"
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from uuid import UUID
 
 from ..entities import Entity, EntityRef, entity_types
@@ -16,18 +18,30 @@ from ..errors import NotFoundError, StoreClosedError, ValidationError
 from ..events import Event, EventBus
 from .batch import build_batch
 from .blobs import BlobStore
-from .checks import as_uuid, check_version
+from .checks import as_uuid, check_op_id, check_version
 from .codec import decode_version
 from .eventlog import EventWriter
 from .facets import Alias, AliasesMixin, BlobsMixin, EventLogMixin
 from .records import TrackingUpdate, VersionRecord
 from .stores.base import Store
 
-__all__ = ["EntityRegistry", "Alias"]
+if TYPE_CHECKING:
+    from ..operations import Operation, OperationResult, OperationScheduler
+
+__all__ = ["EntityRegistry", "Alias", "active_registry"]
 
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Entity)
+
+_ACTIVE: contextvars.ContextVar[EntityRegistry | None] = contextvars.ContextVar(
+    "forseti_active_registry", default=None
+)
+
+
+def active_registry() -> EntityRegistry | None:
+    """The registry made active by ``with reg.activate():`` in this context, if any."""
+    return _ACTIVE.get()
 
 
 class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
@@ -63,6 +77,7 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
         self._generation = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._scheduler: OperationScheduler | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -101,6 +116,46 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
     def __repr__(self) -> str:
         return f"EntityRegistry({self.url!r}{', closed' if self._closed else ''})"
 
+    @contextmanager
+    def activate(self) -> Iterator[EntityRegistry]:
+        """Within the block, ``@with_conflict_resolution`` functions use this registry and
+        ``@emit_events`` functions publish on its bus."""
+        token = _ACTIVE.set(self)
+        try:
+            with self.bus.activate():
+                yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    # -- operations ------------------------------------------------------------------------------
+
+    @property
+    def scheduler(self) -> OperationScheduler:
+        """The registry's operation scheduler (created on first use)."""
+        if self._scheduler is None:
+            # forseti.operations builds on the registry: imported when first needed
+            from ..operations import OperationScheduler
+
+            with self._lock:
+                if self._scheduler is None:
+                    self._scheduler = OperationScheduler(self)
+        return self._scheduler
+
+    def submit(self, op: Operation) -> OperationResult:
+        """Stage ``op`` behind higher-priority work on its targets, then commit it with retry.
+
+        Returns the result (committed, replayed for an ``op_id`` already committed, or rejected
+        under policy ``reject``); raises ConflictError when the retry budget is spent, and the
+        error of ``op.apply`` if it fails. See :mod:`forseti.operations.scheduler`.
+        """
+        self._check_open()
+        return self.scheduler.submit(op)
+
+    def submit_many(self, ops: Sequence[Operation]) -> list[OperationResult]:
+        """Stage several operations together (so they are ordered and merged), then run them."""
+        self._check_open()
+        return self.scheduler.submit_many(ops)
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError("this registry is closed")
@@ -138,12 +193,14 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
         op_id: str | None = None,
         events: Sequence[Event] = (),
         tracking: TrackingUpdate | None = None,
+        merged_op_ids: Sequence[str] = (),
     ) -> list[Entity]:
         """Store several new versions (of one or more lineages) in one transaction.
 
         All of them are written or none is. Version-1 entities start new lineages; later versions
         must be drafts of their lineage's head. ``op_id``, when given, is recorded with the
-        versions and may be committed only once. The registry's own events
+        versions and may be committed only once; ``merged_op_ids`` are further operation ids folded
+        into this one (recorded too, so each is idempotent). The registry's own events
         (``EntityRegistered``, ``EntityVersionCommitted``) and any ``events`` given are written in
         the same transaction (outbox), then delivered on ``reg.bus``.
         """
@@ -151,6 +208,9 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
         batch, announced = build_batch(
             drafts, op_id=op_id, events=events, tracking=tracking, resolve=self._version_id
         )
+        for merged in merged_op_ids:
+            check_op_id(merged)
+            batch.merged_op_ids.append(merged)
         self._store.write(batch)
         with self._lock:
             for d in drafts:

@@ -92,3 +92,6 @@ class WriteBatch:
     #: skip events whose id is already logged instead of failing (the group-commit writer's
     #: appends are idempotent); the returned events then carry no ``seq``
     skip_logged_events: bool = False
+    #: operations folded into this batch's own operation (its versions carry that op_id); each
+    #: is recorded too, so replaying any of them is recognised
+    merged_op_ids: list[str] = field(default_factory=list)

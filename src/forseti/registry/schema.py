@@ -80,6 +80,7 @@ operations = Table(
     "operations",
     metadata,
     Column("op_id", Text, nullable=False),
+    Column("merged_into", Text),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("op_id", name="pk_operations"),
 )

@@ -21,7 +21,7 @@ from ..records import (
 )
 
 __all__ = ["Store", "check_append", "check_new_lineage", "alias_conflict",
-    "tracking_conflict", "op_ids", "duplicate_operation"]
+    "tracking_conflict", "op_ids", "merged_ops", "duplicate_operation"]
 
 
 class Store(ABC):
@@ -132,6 +132,14 @@ class Store(ABC):
     def describe(self) -> str:
         """A human-readable, password-free description of where the data lives."""
         return self.dialect
+
+
+def merged_ops(batch: WriteBatch) -> list[tuple[str, str | None]]:
+    """Every operation id a batch records, with the op it was merged into (``None``: its own)."""
+    own = op_ids(batch)
+    if batch.merged_op_ids and len(own) != 1:
+        raise ValidationError("merged operations need exactly one operation id on the versions")
+    return [(o, None) for o in own] + [(m, own[0]) for m in batch.merged_op_ids]
 
 
 def op_ids(batch: WriteBatch) -> list[str]:

@@ -23,7 +23,7 @@ from .base import (
     check_append,
     check_new_lineage,
     duplicate_operation,
-    op_ids,
+    merged_ops,
     tracking_conflict,
 )
 from .graph import GraphIndex
@@ -49,6 +49,7 @@ class MemoryStore(Store):
         self._events: list[EventRecord] = []
         self._event_ids: set[int] = set()
         self._tracking: dict[str, int] = {}
+        self._ops: dict[str, str | None] = {}  # recorded op ids -> the op they were merged into
         self._closed = False
 
     def _check_open(self) -> None:
@@ -63,8 +64,9 @@ class MemoryStore(Store):
             history = self._history
             staged: dict[int, VersionRecord] = {}
             ids: set[int] = set()
-            for op_id in op_ids(batch):  # checked first, as the SQL stores do
-                if op_id in self._by_op:
+            recorded = merged_ops(batch)
+            for op_id, _ in recorded:  # checked first, as the SQL stores do
+                if op_id in self._ops:
                     raise duplicate_operation(op_id)
             for rec in batch.versions:
                 lid = rec.lineage_id.int
@@ -94,6 +96,8 @@ class MemoryStore(Store):
             if track is not None and self._tracking.get(track.consumer) != track.expected:
                 raise tracking_conflict(track, self._tracking.get(track.consumer))
             # every check passed: apply
+            for op_id, merged_into in recorded:
+                self._ops[op_id] = merged_into
             for rec in batch.versions:
                 lid = rec.lineage_id.int
                 if rec.version == 1:
@@ -151,7 +155,8 @@ class MemoryStore(Store):
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
         self._check_open()
-        return sorted(self._by_op.get(op_id, ()), key=lambda r: (r.lineage_id.hex, r.version))
+        primary = self._ops.get(op_id) or op_id
+        return sorted(self._by_op.get(primary, ()), key=lambda r: (r.lineage_id.hex, r.version))
 
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
         self._check_open()

@@ -46,7 +46,7 @@ from .base import (
     check_append,
     check_new_lineage,
     duplicate_operation,
-    op_ids,
+    merged_ops,
     tracking_conflict,
 )
 from .graph import bfs
@@ -258,11 +258,12 @@ class PostgresStore(Store):
     async def _write_tx(
         self, conn: asyncpg.Connection, batch: WriteBatch, current: list[VersionRecord]
     ) -> list[EventRecord]:
-        for op_id in op_ids(batch):
+        for op_id, merged_into in merged_ops(batch):
             if await conn.fetchval(
-                "INSERT INTO operations (op_id, recorded_at) VALUES ($1, now()) "
+                "INSERT INTO operations (op_id, merged_into, recorded_at) VALUES ($1, $2, now()) "
                 "ON CONFLICT DO NOTHING RETURNING 1",
                 op_id,
+                merged_into,
             ) is None:
                 raise duplicate_operation(op_id)
         # the usual commit (one version after the first) is one statement with its edges
@@ -416,7 +417,11 @@ class PostgresStore(Store):
         return self._one(SELECT + "id=$1", version_id)
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
-        return self._many(SELECT + "op_id=$1 ORDER BY lineage_id, version", op_id)
+        return self._many(
+            SELECT + "op_id=coalesce((SELECT merged_into FROM operations WHERE op_id=$1), $1) "
+            "ORDER BY lineage_id, version",
+            op_id,
+        )
 
     def history(self, lineage_id: UUID) -> list[VersionRecord]:
         return self._many(SELECT + "lineage_id=$1 ORDER BY version", lineage_id)

@@ -36,7 +36,7 @@ from .base import (
     check_append,
     check_new_lineage,
     duplicate_operation,
-    op_ids,
+    merged_ops,
     tracking_conflict,
 )
 from .graph import GraphIndex
@@ -152,10 +152,11 @@ class SQLiteStore(Store):
         return out
 
     def _write(self, conn: sqlite3.Connection, batch: WriteBatch) -> list[EventRecord]:
-        for op_id in op_ids(batch):
+        for op_id, merged_into in merged_ops(batch):
             cur = conn.execute(
-                "INSERT OR IGNORE INTO operations (op_id, recorded_at) VALUES (?, ?)",
-                (op_id, _ts(batch.versions[0].created_at)),
+                "INSERT OR IGNORE INTO operations (op_id, merged_into, recorded_at) "
+                "VALUES (?, ?, ?)",
+                (op_id, merged_into, _ts(batch.versions[0].created_at)),
             )
             if cur.rowcount != 1:
                 raise duplicate_operation(op_id)
@@ -308,9 +309,9 @@ class SQLiteStore(Store):
 
     def get_by_op_id(self, op_id: str) -> list[VersionRecord]:
         rows = self._conn().execute(
-            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE op_id=? "
-            "ORDER BY lineage_id, version",
-            (op_id,),
+            f"SELECT {_VERSION_COLS} FROM entity_versions WHERE op_id=coalesce("
+            "(SELECT merged_into FROM operations WHERE op_id=?), ?) ORDER BY lineage_id, version",
+            (op_id, op_id),
         ).fetchall()
         return [self._version(r) for r in rows]  # type: ignore[misc]
 

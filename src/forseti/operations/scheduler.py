@@ -1,0 +1,378 @@
+"""The :class:`OperationScheduler`: pre-ECS staging per target, then OCC commits with retry.
+
+Staging ("pre-ECS"): before anything is written, a submitted operation waits in the queue of each
+of its targets, ordered by priority (higher first) then submission (FIFO). It runs when it heads
+every one of its queues and none of its targets is busy; a running operation is never pre-empted.
+A ``reject`` operation that would have to wait is rejected instead. ``merge`` operations that head
+a queue take every compatible pending ``merge`` operation with them into one commit. Because every
+queue follows one total order (priority, then submission), the operation that comes first overall
+can always run: there is no deadlock.
+
+Committing: the heads are read, the operation's ``apply`` makes drafts, and the registry commits
+them in one transaction, whose primary key checks the expected versions. Another writer (another
+process, another registry) makes that fail with ConflictError; the scheduler reloads, re-applies
+and retries with jittered exponential backoff, up to ``max_retries``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextvars
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from ..entities import Entity
+from ..errors import ConflictError, DuplicateOperationError, ValidationError
+from ..events import caused_by
+from .events import (
+    OperationCommitted,
+    OperationConflicted,
+    OperationFailed,
+    OperationRejected,
+    OperationRetried,
+    OperationStarted,
+    OperationSubmitted,
+)
+from .model import Operation, OperationResult
+
+if TYPE_CHECKING:
+    from ..registry import EntityRegistry
+
+__all__ = ["OperationScheduler"]
+
+logger = logging.getLogger(__name__)
+
+_RUNNING: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar(
+    "forseti_running_operation", default=None
+)
+
+
+@dataclass(eq=False)
+class _Ticket:
+    op: Operation
+    priority: int
+    seq: int
+    state: str = "pending"  # pending -> running | claimed (merged into another) -> done
+    result: OperationResult | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (-self.priority, self.seq)
+
+
+class OperationScheduler:
+    """Orders, merges and commits operations for one registry (``reg.submit(op)``)."""
+
+    def __init__(
+        self,
+        registry: EntityRegistry,
+        *,
+        backoff_base: float = 0.001,
+        backoff_cap: float = 0.1,
+    ) -> None:
+        self._reg = registry
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._cond = threading.Condition()
+        self._queues: dict[UUID, list[_Ticket]] = {}
+        self._busy: set[UUID] = set()
+        self._seq = itertools.count()
+        self._random = random.Random()
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def submit(self, op: Operation) -> OperationResult:
+        """Stage, run and commit ``op``; see the module docstring for the rules."""
+        return self._finish(self._stage([op])[0])
+
+    def submit_many(self, ops: Sequence[Operation]) -> list[OperationResult]:
+        """Stage every operation first (so they are ordered and merged together), then run them."""
+        if not isinstance(ops, (list, tuple)):
+            raise ValidationError("submit_many() takes a list of operations")
+        tickets = self._stage(list(ops))
+        order = sorted(range(len(tickets)), key=lambda i: tickets[i].key)
+        results: dict[int, OperationResult] = {}
+        for i in order:
+            results[i] = self._finish(tickets[i])
+        return [results[i] for i in range(len(tickets))]
+
+    def pending(self, lineage_id: UUID) -> list[Operation]:
+        """The operations waiting for a lineage, in the order they will run."""
+        with self._cond:
+            return [t.op for t in self._queues.get(lineage_id, ())]
+
+    # -- staging ---------------------------------------------------------------------------------
+
+    def _stage(self, ops: list[Operation]) -> list[_Ticket]:
+        parent = _RUNNING.get()
+        tickets = []
+        for op in ops:
+            if not isinstance(op, Operation):
+                raise ValidationError(f"expected an Operation, got {type(op).__name__}")
+            priority = int(op.priority)
+            if parent is not None:
+                held = set(op.targets) & set(parent.op.targets)
+                if held:
+                    raise ValidationError(
+                        f"operation {op.op_id} targets {sorted(map(str, held))}, which the running "
+                        f"operation {parent.op.op_id} holds; return all the drafts from one apply()"
+                    )
+                priority = max(priority, parent.priority)  # priority inheritance
+            tickets.append(_Ticket(op, priority, -1))
+        for ticket in tickets:
+            op = ticket.op
+            self._publish(
+                OperationSubmitted(
+                    op_id=op.op_id, kind=op.kind, targets=op.targets, priority=ticket.priority,
+                    policy=op.policy, reason=op.reason,
+                )
+            )  # fmt: skip
+        with self._cond:
+            for ticket in tickets:
+                ticket.seq = next(self._seq)
+                op = ticket.op
+                if op.policy == "reject":
+                    blocked = [t for t in op.targets if t in self._busy or self._queues.get(t)]
+                    if blocked:
+                        ticket.state = "done"
+                        ticket.result = OperationResult(
+                            op_id=op.op_id,
+                            status="rejected",
+                            reason=f"lineage {blocked[0]} is busy with another operation",
+                        )
+                        continue
+                for target in op.targets:
+                    queue = self._queues.setdefault(target, [])
+                    bisect.insort(queue, ticket, key=lambda t: t.key)
+        for ticket in tickets:
+            if ticket.result is not None and ticket.result.status == "rejected":
+                op = ticket.op
+                self._publish(
+                    OperationRejected(
+                        op_id=op.op_id, kind=op.kind, targets=op.targets,
+                        priority=ticket.priority, reason=ticket.result.reason,
+                    )
+                )  # fmt: skip
+        return tickets
+
+    def _runnable(self, ticket: _Ticket) -> bool:
+        for target in ticket.op.targets:
+            if target in self._busy:
+                return False
+            queue = self._queues.get(target)
+            if not queue or queue[0] is not ticket:
+                return False
+        return True
+
+    def _finish(self, ticket: _Ticket) -> OperationResult:
+        if ticket.state == "done":
+            return self._outcome(ticket)
+        with self._cond:
+            while ticket.state == "pending" and not self._runnable(ticket):
+                self._cond.wait()
+            mine = ticket.state == "pending"  # else another operation merged it into its commit
+            partners = self._claim(ticket) if mine else []
+        if not mine:
+            ticket.done.wait()
+            return self._outcome(ticket)
+        batch = [ticket, *partners]
+        try:
+            self._execute(batch)
+        finally:
+            with self._cond:
+                self._busy.difference_update(ticket.op.targets)
+                for t in batch:
+                    t.state = "done"
+                    t.done.set()
+                self._cond.notify_all()
+        return self._outcome(ticket)
+
+    def _claim(self, ticket: _Ticket) -> list[_Ticket]:
+        """Take ``ticket`` (and its merge partners) off the queues and mark the targets busy."""
+        op = ticket.op
+        partners = []
+        if op.policy == "merge":
+            for other in list(self._queues.get(op.targets[0], ())):
+                if other is not ticket and other.state == "pending" and op.can_merge(other.op):
+                    partners.append(other)
+        for t in (ticket, *partners):
+            t.state = "claimed" if t is not ticket else "running"
+            for target in t.op.targets:
+                self._queues[target].remove(t)
+                if not self._queues[target]:
+                    del self._queues[target]
+        self._busy.update(op.targets)
+        return partners
+
+    @staticmethod
+    def _outcome(ticket: _Ticket) -> OperationResult:
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.result is not None
+        return ticket.result
+
+    # -- execution -------------------------------------------------------------------------------
+
+    def _execute(self, batch: list[_Ticket]) -> None:
+        lead = batch[0]
+        op = lead.op
+        attempts = 0
+        conflicts: list[tuple[int, int | None, int | None]] = []
+        token = _RUNNING.set(lead)
+        try:
+            while True:
+                attempts += 1
+                merged = tuple(t.op.op_id for t in batch[1:])
+                started = OperationStarted(
+                    op_id=op.op_id, kind=op.kind, targets=op.targets, priority=lead.priority,
+                    attempt=attempts, merged=merged,
+                )  # fmt: skip
+                self._publish(started)
+                try:
+                    with caused_by(started):
+                        versions = self._attempt(batch, attempts)
+                except DuplicateOperationError as exc:
+                    replayed = next((t for t in batch if t.op.op_id == exc.op_id), lead)
+                    replayed.result = self._replay(replayed.op, attempts)
+                    if replayed is lead:
+                        for t in batch[1:]:  # the others were folded into it before
+                            t.result = self._replay(t.op, attempts)
+                        return
+                    batch.remove(replayed)
+                    continue
+                except ConflictError as exc:
+                    conflicts.append((attempts, exc.expected, exc.actual))
+                    self._publish(
+                        OperationConflicted(
+                            op_id=op.op_id, kind=op.kind, targets=op.targets,
+                            priority=lead.priority, attempt=attempts,
+                            lineage_id=exc.lineage_id, expected=exc.expected, actual=exc.actual,
+                        )
+                    )  # fmt: skip
+                    if attempts > op.max_retries:
+                        error = ConflictError(
+                            f"operation {op.op_id} ({op.kind}) gave up after {attempts} attempts, "
+                            f"each conflicting with another writer (expected/actual per attempt: "
+                            f"{[(e, a) for _, e, a in conflicts]})",
+                            lineage_id=exc.lineage_id,
+                            expected=exc.expected,
+                            actual=exc.actual,
+                        )
+                        error.attempts = conflicts  # type: ignore[attr-defined]
+                        self._fail(batch, attempts, error)
+                        return
+                    delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempts - 1))
+                    delay *= self._random.uniform(0.5, 1.5)
+                    self._publish(
+                        OperationRetried(
+                            op_id=op.op_id, kind=op.kind, targets=op.targets,
+                            priority=lead.priority, attempt=attempts, delay_s=delay,
+                        )
+                    )  # fmt: skip
+                    time.sleep(delay)  # backoff between attempts; nothing else waits on it
+                    continue
+                except Exception as exc:  # noqa: BLE001 - reported, then raised to every caller
+                    self._fail(batch, attempts, exc)
+                    return
+                for t in batch:
+                    t.result = OperationResult(
+                        op_id=t.op.op_id,
+                        status="committed",
+                        versions=tuple(versions),
+                        attempts=attempts,
+                        merged=tuple(x.op.op_id for x in batch if x is not t),
+                    )
+                return
+        finally:
+            _RUNNING.reset(token)
+
+    def _attempt(self, batch: list[_Ticket], attempt: int) -> list[Entity]:
+        lead = batch[0]
+        op = lead.op
+        heads = {target: self._reg.get(target) for target in op.targets}
+        drafts = _fold([t.op for t in batch], heads)
+        events = [
+            OperationCommitted(
+                op_id=t.op.op_id, kind=t.op.kind, targets=t.op.targets, priority=t.priority,
+                attempts=attempt, policy=t.op.policy, reason=t.op.reason,
+                parameters=t.op.describe(), merged_into=None if t is lead else op.op_id,
+            )
+            for t in batch
+        ]  # fmt: skip
+        return self._reg.commit_many(
+            drafts, op_id=op.op_id, events=events, merged_op_ids=[t.op.op_id for t in batch[1:]]
+        )
+
+    def _replay(self, op: Operation, attempts: int) -> OperationResult:
+        records = self._reg.store.get_by_op_id(op.op_id)
+        versions = tuple(self._reg.get_by_id(r.id) for r in records)
+        return OperationResult(
+            op_id=op.op_id, status="replayed", versions=versions, attempts=attempts
+        )
+
+    def _fail(self, batch: list[_Ticket], attempts: int, error: BaseException) -> None:
+        for t in batch:
+            t.error = error
+            self._publish(
+                OperationFailed(
+                    op_id=t.op.op_id, kind=t.op.kind, targets=t.op.targets, priority=t.priority,
+                    attempts=attempts, error_type=type(error).__name__, error_message=str(error),
+                )
+            )  # fmt: skip
+
+    def _publish(self, event: OperationSubmitted | OperationStarted | OperationConflicted
+                 | OperationRetried | OperationRejected | OperationFailed) -> None:  # fmt: skip
+        try:
+            self._reg.bus.publish(event)
+        except Exception:  # noqa: BLE001 - a strict handler must not break the scheduler
+            logger.exception("a handler failed on %s", event.topic)
+
+
+def _fold(ops: list[Operation], heads: Mapping[UUID, Entity]) -> list[Entity]:
+    """Apply ``ops`` in turn and squash what each lineage became into one draft of its head."""
+    current = dict(heads)
+    touched: dict[UUID, list[Entity]] = {}
+    created: list[Entity] = []
+    for op in ops:
+        drafts = op.apply(MappingProxyType(current))
+        if not isinstance(drafts, (list, tuple)):
+            raise ValidationError(f"{op.kind}.apply() must return a list of drafts")
+        for draft in drafts:
+            if not isinstance(draft, Entity):
+                raise ValidationError(f"{op.kind}.apply() returned {type(draft).__name__}")
+            if draft.version == 1 and draft.lineage_id not in current:
+                created.append(draft)  # a new lineage
+                continue
+            base = current.get(draft.lineage_id)
+            if draft.lineage_id not in op.targets or base is None:
+                raise ValidationError(
+                    f"{op.kind}.apply() returned a draft of lineage {draft.lineage_id}, which is "
+                    f"not one of its targets"
+                )
+            if draft.previous_id != base.id:
+                raise ValidationError(
+                    f"{op.kind}.apply() must return drafts made with evolve() from the heads it "
+                    f"was given"
+                )
+            current[draft.lineage_id] = draft
+            touched.setdefault(draft.lineage_id, []).append(draft)
+    out = []
+    for lineage, steps in touched.items():
+        if len(steps) == 1:
+            out.append(steps[0])
+            continue
+        head, last = heads[lineage], steps[-1]
+        provenance = tuple(dict.fromkeys(ref for d in steps for ref in d.derived_from))
+        changes = {f: getattr(last, f) for f in type(last).user_fields()}
+        out.append(head.evolve(**changes, derived_from=provenance))
+    return out + created
