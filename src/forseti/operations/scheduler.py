@@ -200,11 +200,22 @@ class OperationScheduler:
     def _claim(self, ticket: _Ticket) -> list[_Ticket]:
         """Take ``ticket`` (and its merge partners) off the queues and mark the targets busy."""
         op = ticket.op
-        partners = []
+        partners: list[_Ticket] = []
         if op.policy == "merge":
-            for other in list(self._queues.get(op.targets[0], ())):
-                if other is not ticket and other.state == "pending" and op.can_merge(other.op):
-                    partners.append(other)
+            # take the compatible merge operations that come right after it in every queue: a
+            # partner never jumps ahead of an operation that was due before it
+            taken = {id(ticket)}
+            for other in self._queues.get(op.targets[0], ())[1:]:
+                if not op.can_merge(other.op):
+                    break
+                ahead = [
+                    t for target in op.targets for t in self._queues[target]
+                    if t.key < other.key and id(t) not in taken
+                ]  # fmt: skip
+                if ahead:
+                    break
+                partners.append(other)
+                taken.add(id(other))
         for t in (ticket, *partners):
             t.state = "claimed" if t is not ticket else "running"
             for target in t.op.targets:
