@@ -12,6 +12,8 @@ import anyio.to_thread
 
 from ..entities import Entity, EntityRef
 from ..errors import ConfigError, ForsetiError, ValidationError
+from ..events import new_event_id
+from ..registry.checks import check_op_id
 from .model import FunctionOperation, Policy, Priority
 
 if TYPE_CHECKING:
@@ -55,6 +57,14 @@ def with_conflict_resolution(
     gives an async wrapper. A rejected call raises :class:`OperationRejectedError`.
     """
 
+    if not isinstance(priority, Priority) and priority not in tuple(Priority):
+        raise ValidationError(f"priority must be a Priority, got {priority!r}")
+    if policy not in ("retry", "reject", "merge"):
+        raise ValidationError(f"policy is 'retry', 'reject' or 'merge', got {policy!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValidationError("max_retries is a non-negative integer")
+    priority = Priority(priority)
+
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         is_async = inspect.iscoroutinefunction(func)
         apply: Callable[..., Any] = func
@@ -70,13 +80,14 @@ def with_conflict_resolution(
         def make(
             target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op_id: str | None
         ) -> FunctionOperation:
-            fields: dict[str, Any] = dict(
+            if op_id is not None:
+                check_op_id(op_id)
+            # every field is checked here or when the decorator was made: skip re-validation
+            return FunctionOperation.model_construct(
                 function=apply, args=args, kwargs=kwargs, targets=(_lineage(target),),
                 priority=priority, policy=policy, max_retries=max_retries, reason=reason,
+                op_id=op_id if op_id is not None else new_event_id().hex,
             )  # fmt: skip
-            if op_id is not None:
-                fields["op_id"] = op_id
-            return FunctionOperation(**fields)
 
         def outcome(result: Any) -> Entity:
             if result.status == "rejected":

@@ -8,15 +8,17 @@ An :class:`Operation` says *what* to change (``apply``: current heads -> drafts)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..entities import Entity
 from ..errors import ValidationError
+from ..events import new_event_id
 
 __all__ = [
     "Priority",
@@ -59,7 +61,7 @@ class Operation(BaseModel):
     default_priority: ClassVar[Priority] = Priority.NORMAL
     default_policy: ClassVar[Policy] = "retry"
 
-    op_id: str = Field(default_factory=lambda: uuid4().hex, min_length=1, max_length=128)
+    op_id: str = Field(default_factory=lambda: new_event_id().hex, min_length=1, max_length=128)
     targets: tuple[UUID, ...]
     priority: Priority = Priority.NORMAL
     policy: Policy = "retry"
@@ -176,6 +178,9 @@ class FunctionOperation(Operation):
         fn = self.function
         return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
+    def describe(self) -> dict[str, Any]:
+        return {}  # the function is the operation: its name is the recorded kind
+
     def apply(self, heads: Mapping[UUID, Entity]) -> Sequence[Entity]:
         draft = self.function(heads[self.targets[0]], *self.args, **self.kwargs)
         if not isinstance(draft, Entity):
@@ -193,10 +198,14 @@ class FunctionOperation(Operation):
         )
 
 
-class OperationResult(BaseModel):
-    """What became of a submitted operation."""
+@dataclass(frozen=True, slots=True)
+class OperationResult:
+    """What became of a submitted operation.
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    ``status`` is ``committed``, ``replayed`` (its op_id was committed before: nothing new was
+    written) or ``rejected`` (policy ``reject``; ``reason`` says why). ``merged`` lists the
+    operations whose contributions went into the same commit.
+    """
 
     op_id: str
     status: Literal["committed", "replayed", "rejected"]

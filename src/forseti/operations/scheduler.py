@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -63,7 +63,7 @@ class _Ticket:
     state: str = "pending"  # pending -> running | claimed (merged into another) -> done
     result: OperationResult | None = None
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event | None = None  # made when another operation claims it (merge)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -183,6 +183,7 @@ class OperationScheduler:
             mine = ticket.state == "pending"  # else another operation merged it into its commit
             partners = self._claim(ticket) if mine else []
         if not mine:
+            assert ticket.done is not None
             ticket.done.wait()
             return self._outcome(ticket)
         batch = [ticket, *partners]
@@ -193,7 +194,8 @@ class OperationScheduler:
                 self._busy.difference_update(ticket.op.targets)
                 for t in batch:
                     t.state = "done"
-                    t.done.set()
+                    if t.done is not None:
+                        t.done.set()
                 self._cond.notify_all()
         return self._outcome(ticket)
 
@@ -218,6 +220,8 @@ class OperationScheduler:
                 taken.add(id(other))
         for t in (ticket, *partners):
             t.state = "claimed" if t is not ticket else "running"
+            if t is not ticket:
+                t.done = threading.Event()
             for target in t.op.targets:
                 self._queues[target].remove(t)
                 if not self._queues[target]:
@@ -325,7 +329,11 @@ class OperationScheduler:
         )
 
     def _replay(self, op: Operation, attempts: int) -> OperationResult:
-        records = self._reg.store.get_by_op_id(op.op_id)
+        order = {target: i for i, target in enumerate(op.targets)}
+        records = sorted(
+            self._reg.store.get_by_op_id(op.op_id),
+            key=lambda r: (order.get(r.lineage_id, len(order)), r.version),
+        )  # the order the commit returned them in: targets first, in the operation's order
         versions = tuple(self._reg.get_by_id(r.id) for r in records)
         return OperationResult(
             op_id=op.op_id, status="replayed", versions=versions, attempts=attempts
