@@ -95,8 +95,11 @@ def test_demo_runs_twice_on_one_store_then_info_and_history(tmp_path: Path) -> N
     info = _ok(_run(["-m", "forseti", "info", "--url", url], cwd=tmp_path))
     assert url in info
     assert re.search(r"schema version:\s+1\b", info)
-    for type_name in ("Checkpoint", "Config", "Dataset", "Model", "TrainingRun"):
-        assert re.search(rf"forseti\.{type_name}\W+2\b", info), info
+    # two demo runs: per run one checkpoint, dataset, model and run, and two configs (the
+    # training config and the evaluation counter of the operations section)
+    per_run = {"Checkpoint": 1, "Config": 2, "Dataset": 1, "Model": 1, "TrainingRun": 1}
+    for type_name, count in per_run.items():
+        assert re.search(rf"forseti\.{type_name}\W+{2 * count}\b", info), info
 
     lineage = re.search(r"forseti history (\S+) --url", outputs[1])
     assert lineage is not None
