@@ -57,7 +57,9 @@ def with_conflict_resolution(
     gives an async wrapper. A rejected call raises :class:`OperationRejectedError`.
     """
 
-    if not isinstance(priority, Priority) and priority not in tuple(Priority):
+    if isinstance(priority, bool) or (
+        not isinstance(priority, Priority) and priority not in tuple(Priority)
+    ):
         raise ValidationError(f"priority must be a Priority, got {priority!r}")
     if policy not in ("retry", "reject", "merge"):
         raise ValidationError(f"policy is 'retry', 'reject' or 'merge', got {policy!r}")

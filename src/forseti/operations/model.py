@@ -87,6 +87,13 @@ class Operation(BaseModel):
                 data["targets"] = (target,)
         return data
 
+    @field_validator("priority", "max_retries", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a priority or a retry budget")
+        return value
+
     @field_validator("targets", mode="before")
     @classmethod
     def _lineages(cls, value: Any) -> Any:

@@ -60,14 +60,23 @@ class _Ticket:
     op: Operation
     priority: int
     seq: int
+    parent: _Ticket | None = None  # the running operation that submitted it (nested)
     state: str = "pending"  # pending -> running | claimed (merged into another) -> done
     result: OperationResult | None = None
     error: BaseException | None = None
     done: threading.Event | None = None  # made when another operation claims it (merge)
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (-self.priority, self.seq)
+    def key(self) -> tuple[int, int, int]:
+        # an operation submitted from inside a running one goes first: its parent waits for it
+        return (0 if self.parent is not None else 1, -self.priority, self.seq)
+
+    def ancestors(self) -> list[_Ticket]:
+        chain, node = [], self.parent
+        while node is not None:
+            chain.append(node)
+            node = node.parent
+        return chain
 
 
 class OperationScheduler:
@@ -86,6 +95,8 @@ class OperationScheduler:
         self._cond = threading.Condition()
         self._queues: dict[UUID, list[_Ticket]] = {}
         self._busy: set[UUID] = set()
+        self._holders: dict[UUID, _Ticket] = {}  # busy lineage -> the operation running on it
+        self._waiting: set[_Ticket] = set()
         self._seq = itertools.count()
         self._random = random.Random()
 
@@ -102,8 +113,14 @@ class OperationScheduler:
         tickets = self._stage(list(ops))
         order = sorted(range(len(tickets)), key=lambda i: tickets[i].key)
         results: dict[int, OperationResult] = {}
-        for i in order:
-            results[i] = self._finish(tickets[i])
+        first_error: BaseException | None = None
+        for i in order:  # every staged operation runs (or fails) even if an earlier one failed
+            try:
+                results[i] = self._finish(tickets[i])
+            except Exception as exc:  # noqa: BLE001 - raised once all are done
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
         return [results[i] for i in range(len(tickets))]
 
     def pending(self, lineage_id: UUID) -> list[Operation]:
@@ -115,20 +132,24 @@ class OperationScheduler:
 
     def _stage(self, ops: list[Operation]) -> list[_Ticket]:
         parent = _RUNNING.get()
+        if len({op.op_id for op in ops if isinstance(op, Operation)}) != len(ops):
+            raise ValidationError("the same op_id is submitted twice in one call")
         tickets = []
         for op in ops:
             if not isinstance(op, Operation):
                 raise ValidationError(f"expected an Operation, got {type(op).__name__}")
             priority = int(op.priority)
             if parent is not None:
-                held = set(op.targets) & set(parent.op.targets)
-                if held:
-                    raise ValidationError(
-                        f"operation {op.op_id} targets {sorted(map(str, held))}, which the running "
-                        f"operation {parent.op.op_id} holds; return all the drafts from one apply()"
-                    )
+                for holder in (parent, *parent.ancestors()):
+                    held = set(op.targets) & set(holder.op.targets)
+                    if held:
+                        raise ValidationError(
+                            f"operation {op.op_id} targets {sorted(map(str, held))}, which the "
+                            f"running operation {holder.op.op_id} holds; return all the drafts "
+                            f"from one apply()"
+                        )
                 priority = max(priority, parent.priority)  # priority inheritance
-            tickets.append(_Ticket(op, priority, -1))
+            tickets.append(_Ticket(op, priority, -1, parent))
         for ticket in tickets:
             op = ticket.op
             self._publish(
@@ -179,7 +200,20 @@ class OperationScheduler:
             return self._outcome(ticket)
         with self._cond:
             while ticket.state == "pending" and not self._runnable(ticket):
-                self._cond.wait()
+                if ticket.parent is not None and self._would_deadlock(ticket):
+                    self._unqueue(ticket)
+                    ticket.state = "done"
+                    self._cond.notify_all()
+                    raise ConflictError(
+                        f"operation {ticket.op.op_id} was submitted from inside operation "
+                        f"{ticket.parent.op.op_id} and needs a lineage held by an operation that "
+                        f"is itself waiting for one of its ancestors: refused instead of deadlocking"
+                    )
+                self._waiting.add(ticket)
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting.discard(ticket)
             mine = ticket.state == "pending"  # else another operation merged it into its commit
             partners = self._claim(ticket) if mine else []
         if not mine:
@@ -188,10 +222,12 @@ class OperationScheduler:
             return self._outcome(ticket)
         batch = [ticket, *partners]
         try:
-            self._execute(batch)
+            self._execute(list(batch))  # it drops replayed tickets from its copy
         finally:
             with self._cond:
                 self._busy.difference_update(ticket.op.targets)
+                for target in ticket.op.targets:
+                    self._holders.pop(target, None)
                 for t in batch:
                     t.state = "done"
                     if t.done is not None:
@@ -222,12 +258,39 @@ class OperationScheduler:
             t.state = "claimed" if t is not ticket else "running"
             if t is not ticket:
                 t.done = threading.Event()
-            for target in t.op.targets:
-                self._queues[target].remove(t)
-                if not self._queues[target]:
-                    del self._queues[target]
+            self._unqueue(t)
         self._busy.update(op.targets)
+        for target in op.targets:
+            self._holders[target] = ticket
         return partners
+
+    def _unqueue(self, ticket: _Ticket) -> None:
+        for target in ticket.op.targets:
+            queue = self._queues.get(target)
+            if queue and ticket in queue:
+                queue.remove(ticket)
+                if not queue:
+                    del self._queues[target]
+
+    def _would_deadlock(self, ticket: _Ticket) -> bool:
+        """Whether ``ticket`` waits (through holders and their waiting nested operations) on one
+        of its own ancestors: the wait could never end."""
+        ancestors = {id(a) for a in ticket.ancestors()}
+        seen: set[int] = set()
+        frontier = [self._holders[t] for t in ticket.op.targets if t in self._holders]
+        while frontier:
+            holder = frontier.pop()
+            if id(holder) in ancestors:
+                return True
+            if id(holder) in seen:
+                continue
+            seen.add(id(holder))
+            for waiting in self._waiting:  # nested operations the holder is waiting for
+                if waiting is not ticket and any(a is holder for a in waiting.ancestors()):
+                    frontier.extend(
+                        self._holders[t] for t in waiting.op.targets if t in self._holders
+                    )
+        return False
 
     @staticmethod
     def _outcome(ticket: _Ticket) -> OperationResult:
@@ -247,6 +310,7 @@ class OperationScheduler:
         try:
             while True:
                 attempts += 1
+                lead, op = batch[0], batch[0].op
                 merged = tuple(t.op.op_id for t in batch[1:])
                 started = OperationStarted(
                     op_id=op.op_id, kind=op.kind, targets=op.targets, priority=lead.priority,
@@ -257,14 +321,27 @@ class OperationScheduler:
                     with caused_by(started):
                         versions = self._attempt(batch, attempts)
                 except DuplicateOperationError as exc:
+                    # that one was committed before: it gets the stored result, and the rest of
+                    # the batch (each checked the same way) tries again without it
                     replayed = next((t for t in batch if t.op.op_id == exc.op_id), lead)
                     replayed.result = self._replay(replayed.op, attempts)
-                    if replayed is lead:
-                        for t in batch[1:]:  # the others were folded into it before
-                            t.result = self._replay(t.op, attempts)
-                        return
                     batch.remove(replayed)
+                    if not batch:
+                        return
                     continue
+                except _ApplyFailed as failed:
+                    if len(batch) > 1:  # its own caller gets the error; the others go on
+                        culprit = batch.pop(failed.index)
+                        if self._reg.store.get_by_op_id(culprit.op.op_id):
+                            culprit.result = self._replay(culprit.op, attempts)
+                        else:
+                            self._fail([culprit], attempts, failed.cause)
+                        continue
+                    if self._reg.store.get_by_op_id(op.op_id):
+                        lead.result = self._replay(op, attempts)
+                    else:
+                        self._fail(batch, attempts, failed.cause)
+                    return
                 except ConflictError as exc:
                     conflicts.append((attempts, exc.expected, exc.actual))
                     self._publish(
@@ -297,6 +374,16 @@ class OperationScheduler:
                     time.sleep(delay)  # backoff between attempts; nothing else waits on it
                     continue
                 except Exception as exc:  # noqa: BLE001 - reported, then raised to every caller
+                    # a retried request whose first try committed must get the stored result,
+                    # even if apply() would fail on today's heads: the op_id decides
+                    stored = [t for t in batch if self._reg.store.get_by_op_id(t.op.op_id)]
+                    for t in stored:
+                        t.result = self._replay(t.op, attempts)
+                        batch.remove(t)
+                    if stored and batch:
+                        continue
+                    if not batch:
+                        return
                     self._fail(batch, attempts, exc)
                     return
                 for t in batch:
@@ -357,13 +444,24 @@ class OperationScheduler:
             logger.exception("a handler failed on %s", event.topic)
 
 
+class _ApplyFailed(Exception):
+    """``apply`` of the operation at ``index`` of a batch raised ``cause``."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.index, self.cause = index, cause
+
+
 def _fold(ops: list[Operation], heads: Mapping[UUID, Entity]) -> list[Entity]:
     """Apply ``ops`` in turn and squash what each lineage became into one draft of its head."""
     current = dict(heads)
     touched: dict[UUID, list[Entity]] = {}
     created: list[Entity] = []
-    for op in ops:
-        drafts = op.apply(MappingProxyType(current))
+    for index, op in enumerate(ops):
+        try:
+            drafts = op.apply(MappingProxyType(current))
+        except Exception as exc:
+            raise _ApplyFailed(index, exc) from exc
         if not isinstance(drafts, (list, tuple)):
             raise ValidationError(f"{op.kind}.apply() must return a list of drafts")
         for draft in drafts:
