@@ -243,9 +243,10 @@ class OperationScheduler:
             # take the compatible merge operations that come right after it in every queue: a
             # partner never jumps ahead of an operation that was due before it
             taken = {id(ticket)}
+            taken_ids = {op.op_id}
             for other in self._queues.get(op.targets[0], ())[1:]:
-                if not op.can_merge(other.op):
-                    break
+                if not op.can_merge(other.op) or other.op.op_id in taken_ids:
+                    break  # (a re-submitted op_id is left to run after, as a replay)
                 ahead = [
                     t for target in op.targets for t in self._queues[target]
                     if t.key < other.key and id(t) not in taken
@@ -254,6 +255,7 @@ class OperationScheduler:
                     break
                 partners.append(other)
                 taken.add(id(other))
+                taken_ids.add(other.op.op_id)
         for t in (ticket, *partners):
             t.state = "claimed" if t is not ticket else "running"
             if t is not ticket:
@@ -444,6 +446,29 @@ class OperationScheduler:
             logger.exception("a handler failed on %s", event.topic)
 
 
+def _checked(op: Operation, drafts: object, current: Mapping[UUID, Entity]) -> list[Entity]:
+    """``drafts`` if they are drafts of ``op``'s targets made from the heads it was given."""
+    if not isinstance(drafts, (list, tuple)):
+        raise ValidationError(f"{op.kind}.apply() must return a list of drafts")
+    for draft in drafts:
+        if not isinstance(draft, Entity):
+            raise ValidationError(f"{op.kind}.apply() returned {type(draft).__name__}")
+        if draft.version == 1 and draft.lineage_id not in current:
+            continue
+        base = current.get(draft.lineage_id)
+        if draft.lineage_id not in op.targets or base is None:
+            raise ValidationError(
+                f"{op.kind}.apply() returned a draft of lineage {draft.lineage_id}, which is "
+                f"not one of its targets"
+            )
+        if draft.previous_id != base.id:
+            raise ValidationError(
+                f"{op.kind}.apply() must return drafts made with evolve() from the heads it "
+                f"was given"
+            )
+    return list(drafts)
+
+
 class _ApplyFailed(Exception):
     """``apply`` of the operation at ``index`` of a batch raised ``cause``."""
 
@@ -459,30 +484,14 @@ def _fold(ops: list[Operation], heads: Mapping[UUID, Entity]) -> list[Entity]:
     created: list[Entity] = []
     for index, op in enumerate(ops):
         try:
-            drafts = op.apply(MappingProxyType(current))
+            for draft in _checked(op, op.apply(MappingProxyType(current)), current):
+                if draft.version == 1 and draft.lineage_id not in current:
+                    created.append(draft)  # a new lineage
+                    continue
+                current[draft.lineage_id] = draft
+                touched.setdefault(draft.lineage_id, []).append(draft)
         except Exception as exc:
             raise _ApplyFailed(index, exc) from exc
-        if not isinstance(drafts, (list, tuple)):
-            raise ValidationError(f"{op.kind}.apply() must return a list of drafts")
-        for draft in drafts:
-            if not isinstance(draft, Entity):
-                raise ValidationError(f"{op.kind}.apply() returned {type(draft).__name__}")
-            if draft.version == 1 and draft.lineage_id not in current:
-                created.append(draft)  # a new lineage
-                continue
-            base = current.get(draft.lineage_id)
-            if draft.lineage_id not in op.targets or base is None:
-                raise ValidationError(
-                    f"{op.kind}.apply() returned a draft of lineage {draft.lineage_id}, which is "
-                    f"not one of its targets"
-                )
-            if draft.previous_id != base.id:
-                raise ValidationError(
-                    f"{op.kind}.apply() must return drafts made with evolve() from the heads it "
-                    f"was given"
-                )
-            current[draft.lineage_id] = draft
-            touched.setdefault(draft.lineage_id, []).append(draft)
     out = []
     for lineage, steps in touched.items():
         if len(steps) == 1:

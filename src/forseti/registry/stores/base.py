@@ -139,7 +139,11 @@ def merged_ops(batch: WriteBatch) -> list[tuple[str, str | None]]:
     own = op_ids(batch)
     if batch.merged_op_ids and len(own) != 1:
         raise ValidationError("merged operations need exactly one operation id on the versions")
-    return [(o, None) for o in own] + [(m, own[0]) for m in batch.merged_op_ids]
+    recorded: list[tuple[str, str | None]] = [(o, None) for o in own]
+    recorded += [(m, own[0]) for m in batch.merged_op_ids]
+    if len({o for o, _ in recorded}) != len(recorded):
+        raise ValidationError("an operation id appears twice in one commit")
+    return recorded
 
 
 def op_ids(batch: WriteBatch) -> list[str]:

@@ -248,6 +248,14 @@ class PostgresStore(Store):
                 body_done = True
         except asyncpg.UniqueViolationError as exc:
             raise await self._map_unique(conn, exc, current[-1] if current else None) from None
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+            # two multi-lineage commits crossed; the database rolled this one back: a conflict
+            rec = current[-1] if current else None
+            raise ConflictError(
+                f"the commit crossed a concurrent one and was rolled back ({exc.sqlstate})",
+                lineage_id=rec.lineage_id if rec else None,
+                expected=rec.version - 1 if rec else None,
+            ) from None
         except MAYBE_LOST as exc:
             if body_done and connection_lost(exc):
                 exc.add_note("the connection broke during COMMIT: the outcome is unknown")
@@ -268,7 +276,9 @@ class PostgresStore(Store):
                 raise duplicate_operation(op_id)
         # the usual commit (one version after the first) is one statement with its edges
         inline = len(batch.versions) == 1 and batch.versions[0].version > 1
-        for rec in batch.versions:
+        # rows are locked in one global order (lineage, version), so crossing commits of several
+        # lineages do not deadlock each other
+        for rec in sorted(batch.versions, key=lambda r: (r.lineage_id, r.version)):
             current.append(rec)
             if rec.version > 1:
                 edges = batch.edges if inline else []
