@@ -65,6 +65,22 @@ def _dt(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL. The switch itself ignores the busy handler when several processes create
+    the same file at once, so it is retried (with a short backoff) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)  # another process holds the lock for a moment: back off and retry
+            delay = min(delay * 2, 0.05)
+
+
 def _uuid(text: str | None) -> UUID | None:
     return None if text is None else UUID(hex=text)
 
@@ -100,7 +116,7 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn, self._timeout)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
