@@ -23,9 +23,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -41,6 +40,7 @@ from .events import (
     OperationStarted,
     OperationSubmitted,
 )
+from .fold import ApplyFailed, fold
 from .model import Operation, OperationResult
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ class OperationScheduler:
                     if not batch:
                         return
                     continue
-                except _ApplyFailed as failed:
+                except ApplyFailed as failed:
                     if len(batch) > 1:  # its own caller gets the error; the others go on
                         culprit = batch.pop(failed.index)
                         if self._reg.store.get_by_op_id(culprit.op.op_id):
@@ -404,7 +404,7 @@ class OperationScheduler:
         lead = batch[0]
         op = lead.op
         heads = {target: self._reg.get(target) for target in op.targets}
-        drafts = _fold([t.op for t in batch], heads)
+        drafts = fold([t.op for t in batch], heads)
         events = [
             OperationCommitted(
                 op_id=t.op.op_id, kind=t.op.kind, targets=t.op.targets, priority=t.priority,
@@ -444,61 +444,3 @@ class OperationScheduler:
             self._reg.bus.publish(event)
         except Exception:  # noqa: BLE001 - a strict handler must not break the scheduler
             logger.exception("a handler failed on %s", event.topic)
-
-
-def _checked(op: Operation, drafts: object, current: Mapping[UUID, Entity]) -> list[Entity]:
-    """``drafts`` if they are drafts of ``op``'s targets made from the heads it was given."""
-    if not isinstance(drafts, (list, tuple)):
-        raise ValidationError(f"{op.kind}.apply() must return a list of drafts")
-    for draft in drafts:
-        if not isinstance(draft, Entity):
-            raise ValidationError(f"{op.kind}.apply() returned {type(draft).__name__}")
-        if draft.version == 1 and draft.lineage_id not in current:
-            continue
-        base = current.get(draft.lineage_id)
-        if draft.lineage_id not in op.targets or base is None:
-            raise ValidationError(
-                f"{op.kind}.apply() returned a draft of lineage {draft.lineage_id}, which is "
-                f"not one of its targets"
-            )
-        if draft.previous_id != base.id:
-            raise ValidationError(
-                f"{op.kind}.apply() must return drafts made with evolve() from the heads it "
-                f"was given"
-            )
-    return list(drafts)
-
-
-class _ApplyFailed(Exception):
-    """``apply`` of the operation at ``index`` of a batch raised ``cause``."""
-
-    def __init__(self, index: int, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.index, self.cause = index, cause
-
-
-def _fold(ops: list[Operation], heads: Mapping[UUID, Entity]) -> list[Entity]:
-    """Apply ``ops`` in turn and squash what each lineage became into one draft of its head."""
-    current = dict(heads)
-    touched: dict[UUID, list[Entity]] = {}
-    created: list[Entity] = []
-    for index, op in enumerate(ops):
-        try:
-            for draft in _checked(op, op.apply(MappingProxyType(current)), current):
-                if draft.version == 1 and draft.lineage_id not in current:
-                    created.append(draft)  # a new lineage
-                    continue
-                current[draft.lineage_id] = draft
-                touched.setdefault(draft.lineage_id, []).append(draft)
-        except Exception as exc:
-            raise _ApplyFailed(index, exc) from exc
-    out = []
-    for lineage, steps in touched.items():
-        if len(steps) == 1:
-            out.append(steps[0])
-            continue
-        head, last = heads[lineage], steps[-1]
-        provenance = tuple(dict.fromkeys(ref for d in steps for ref in d.derived_from))
-        changes = {f: getattr(last, f) for f in type(last).user_fields()}
-        out.append(head.evolve(**changes, derived_from=provenance))
-    return out + created
