@@ -249,7 +249,9 @@ def throughput_rows(backend: str, tmp: Path, sz: Sizes, url: str | None = None) 
 
         # spread over 1,000 lineages (policy retry)
         total = THREADS * sz.spread_per_thread
-        lineages = [r.lineage_id for r in reg.commit_many([BenchCounter() for _ in range(LINEAGES)])]
+        lineages = [
+            r.lineage_id for r in reg.commit_many([BenchCounter() for _ in range(LINEAGES)])
+        ]
         base_lineages = [
             r.lineage_id for r in reg.commit_many([BenchCounter() for _ in range(LINEAGES)])
         ]
@@ -330,7 +332,9 @@ def latency_rows(backend: str, tmp: Path, sz: Sizes) -> list[Result]:
         assert reg.get(lid).n == 3 * (n + warmup) * 3  # type: ignore[attr-defined]
         group = f"operations latency [{backend}]"
         base_name = "bare reg.commit(reg.get(lid).evolve(n=n+1)), same change"
-        common: dict[str, Any] = dict(group=group, baseline_name=base_name, samples=len(samples["op"]))
+        common: dict[str, Any] = dict(
+            group=group, baseline_name=base_name, samples=len(samples["op"])
+        )
         overhead = s["op"]["p50"] - s["bare"]["p50"]
         overhead_dec = s["decorated"]["p50"] - s["bare"]["p50"]
         note(f"{backend} latency p50: bare commit {s['bare']['p50'] * 1e6:.1f} µs, "
@@ -374,7 +378,10 @@ def _process(
                 failures: list[str] = []
                 done = [0] * THREADS_PER_PROCESS
 
-                def work(i: int, fn: Callable[..., Any] = fn, target: UUID = target) -> None:
+                def work(
+                    i: int, fn: Callable[..., Any] = fn, target: UUID = target,
+                    done: list[int] = done, failures: list[str] = failures,
+                ) -> None:  # fmt: skip
                     for _ in range(per_thread):
                         try:
                             fn(target, registry=reg)
@@ -390,7 +397,9 @@ def _process(
                     t.start()
                 for t in threads:
                     t.join()
-                queue.put(("ok", policy, sum(done), dict(tally.counts), failures[:2], len(failures)))
+                queue.put(
+                    ("ok", policy, sum(done), dict(tally.counts), failures[:2], len(failures))
+                )
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         queue.put(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
@@ -485,7 +494,8 @@ def postgres_url() -> Iterator[str]:
         server_cm = TemporaryPostgres()
         server = server_cm.__enter__()
     except Exception as exc:
-        raise Skip(f"the throwaway PostgreSQL server did not start: {type(exc).__name__}: {exc}")
+        why = f"{type(exc).__name__}: {exc}"
+        raise Skip(f"the throwaway PostgreSQL server did not start: {why}") from None
     try:
         yield server.new_schema_url(f"bench_ops_{uuid.uuid4().hex[:12]}")
     finally:

@@ -140,8 +140,13 @@ with tempfile.TemporaryDirectory() as tmp:
         with seen_lock:
             seen[type(event).__name__] = seen.get(type(event).__name__, 0) + 1
 
-    for event_type in (fs.OperationCommitted, fs.OperationConflicted, fs.OperationRetried,
-                       fs.OperationRejected, fs.OperationFailed):  # fmt: skip
+    for event_type in (
+        fs.OperationCommitted,
+        fs.OperationConflicted,
+        fs.OperationRetried,
+        fs.OperationRejected,
+        fs.OperationFailed,
+    ):
         reg.bus.subscribe(event_type, count)
 
     # 1. ----------------------------------------------------------------------------------------
@@ -161,8 +166,10 @@ with tempfile.TemporaryDirectory() as tmp:
     final = reg.get(page.lineage_id)
     assert isinstance(final, Counter)
     commits = final.version - 1  # version 1 was the add()
-    print(f"1. merge: {THREADS} threads x {CALLS} increments -> n={final.n} "
-          f"in {commits} commits ({elapsed:.2f} s)")  # fmt: skip
+    print(
+        f"1. merge: {THREADS} threads x {CALLS} increments -> n={final.n} "
+        f"in {commits} commits ({elapsed:.2f} s)"
+    )
 
     # 2. ----------------------------------------------------------------------------------------
     accounts = [reg.add(Account(name=name, balance=100)) for name in ("alice", "bob", "carol")]
@@ -176,8 +183,14 @@ with tempfile.TemporaryDirectory() as tmp:
         for _ in range(25):
             src, dst = rng.sample(ids, 2)
             try:
-                reg.submit(Transfer(targets=(src, dst), amount=rng.randint(1, 60),
-                                    requested_by=f"worker-{seed}", reason="settlement"))  # fmt: skip
+                reg.submit(
+                    Transfer(
+                        targets=(src, dst),
+                        amount=rng.randint(1, 60),
+                        requested_by=f"worker-{seed}",
+                        reason="settlement",
+                    )
+                )
             except InsufficientFunds:
                 with refused_lock:
                     refused += 1  # apply() raised: nothing was written to either account
@@ -185,15 +198,20 @@ with tempfile.TemporaryDirectory() as tmp:
     with ThreadPoolExecutor(4) as pool:
         for f in [pool.submit(worker, seed) for seed in range(4)]:
             f.result()
-    balances = {reg.get(i).name: reg.get(i).balance for i in ids}  # type: ignore[attr-defined]
-    print(f"2. transfers: balances {balances}, total {sum(balances.values())}; "
-          f"{refused} refused for lack of funds")  # fmt: skip
+    balances = {reg.get(i).name: reg.get(i).balance for i in ids}
+    print(
+        f"2. transfers: balances {balances}, total {sum(balances.values())}; "
+        f"{refused} refused for lack of funds"
+    )
     # every transfer wrote both accounts in one transaction, under one op_id
-    last = reg.submit(Transfer(targets=(ids[0], ids[1]), amount=1, requested_by="audit",
-                               op_id="transfer-final"))  # fmt: skip
+    last = reg.submit(
+        Transfer(targets=(ids[0], ids[1]), amount=1, requested_by="audit", op_id="transfer-final")
+    )
     pair = reg.store.get_by_op_id("transfer-final")  # the versions an op_id wrote
-    print(f"   one transfer wrote {[f'{reg.get(r.lineage_id).name} v{r.version}' for r in pair]} "
-          f"in one transaction")  # type: ignore[attr-defined]  # fmt: skip
+    print(
+        f"   one transfer wrote {[f'{reg.get(r.lineage_id).name} v{r.version}' for r in pair]} "
+        f"in one transaction"
+    )
 
     # 3. ----------------------------------------------------------------------------------------
     board = reg.add(Board(name="release-notes"))
@@ -209,7 +227,7 @@ with tempfile.TemporaryDirectory() as tmp:
             reg.submit, Note(target=board, text="urgent", priority=fs.Priority.HIGH)
         )
         wait_until_pending(reg, board.lineage_id, 4)
-        queue = [op.text for op in reg.scheduler.pending(board.lineage_id)]  # type: ignore[attr-defined]
+        queue = [op.text for op in reg.scheduler.pending(board.lineage_id)]
         print(f"3. priorities: queued behind the running note: {queue}")
 
         # 4. ----------------------------------------------------------------------------------
@@ -218,25 +236,34 @@ with tempfile.TemporaryDirectory() as tmp:
         print(f"4. reject: {rejected.status} ({rejected.reason})")
         gate.released.set()  # let the first note finish; the rest run in priority order
         results = [f.result() for f in (running, *normal, urgent)]
-    notes = reg.get(board.lineage_id).notes  # type: ignore[attr-defined]
+    notes = reg.get(board.lineage_id).notes
     print(f"   committed in this order: {list(notes)}")
     rejections = reg.events(topic=fs.OperationRejected)
     print(f"   logged: {[(s.event.op_id == rejected.op_id, s.event.reason) for s in rejections]}")
 
     # 5. ----------------------------------------------------------------------------------------
-    pay = Transfer(targets=(ids[1], ids[2]), amount=5, requested_by="billing",
-                   op_id="invoice-2024-0042", reason="invoice 42")  # fmt: skip
+    pay = Transfer(
+        targets=(ids[1], ids[2]),
+        amount=5,
+        requested_by="billing",
+        op_id="invoice-2024-0042",
+        reason="invoice 42",
+    )
     first = reg.submit(pay)
     again = reg.submit(pay)  # e.g. a client retrying after a lost reply
-    print(f"5. idempotent: first {first.status}, again {again.status}, "
-          f"same versions: {first.versions == again.versions}")  # fmt: skip
+    print(
+        f"5. idempotent: first {first.status}, again {again.status}, "
+        f"same versions: {first.versions == again.versions}"
+    )
     # merge operations staged together fold into one commit; each op_id is remembered
     deposits = reg.submit_many(
         [Deposit(target=ids[0], amount=10, policy="merge", op_id=f"deposit-{i}") for i in range(3)]
     )
     replayed = reg.submit(Deposit(target=ids[0], amount=10, policy="merge", op_id="deposit-2"))
-    print(f"   3 merge deposits -> {len({r.versions for r in deposits})} commit; deposit-2 again: "
-          f"{replayed.status}, same version: {replayed.versions == deposits[2].versions}")  # fmt: skip
+    print(
+        f"   3 merge deposits -> {len({r.versions for r in deposits})} commit; deposit-2 again: "
+        f"{replayed.status}, same version: {replayed.versions == deposits[2].versions}"
+    )
     # the decorator takes op_id= too
     call = increment(page, registry=reg, op_id="visit-7")
     replay = increment(page, registry=reg, op_id="visit-7")
@@ -245,15 +272,17 @@ with tempfile.TemporaryDirectory() as tmp:
     # 6. ----------------------------------------------------------------------------------------
     # OperationCommitted is written in the commit's own transaction: who, what, why, how.
     audit = reg.events(topic=fs.OperationCommitted)
-    names = {i: reg.get(i).name for i in (*ids, page.lineage_id)}  # type: ignore[attr-defined]
+    names = {i: reg.get(i).name for i in (*ids, page.lineage_id)}
     print("6. audit trail (a few of the commits):")
     for stored in audit:
         e = stored.event
         assert isinstance(e, fs.OperationCommitted)
         if e.op_id in ("invoice-2024-0042", "deposit-0", "deposit-1", "visit-7"):
-            print(f"   {e.op_id:<17} {e.kind.rsplit('.', 1)[-1]:<9} on "
-                  f"{[names[t] for t in e.targets]} {e.parameters} reason={e.reason!r} "
-                  f"merged_into={e.merged_into}")  # fmt: skip
+            print(
+                f"   {e.op_id:<17} {e.kind.rsplit('.', 1)[-1]:<9} on "
+                f"{[names[t] for t in e.targets]} {e.parameters} reason={e.reason!r} "
+                f"merged_into={e.merged_into}"
+            )
     print(f"   operation events seen on the bus: {dict(sorted(seen.items()))}")
 
     reg.close()
