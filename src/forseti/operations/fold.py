@@ -68,4 +68,9 @@ def fold(ops: list[Operation], heads: Mapping[UUID, Entity]) -> list[Entity]:
         provenance = tuple(dict.fromkeys(ref for d in steps for ref in d.derived_from))
         changes = {f: getattr(last, f) for f in type(last).user_fields()}
         out.append(head.evolve(**changes, derived_from=provenance))
+    if not out and not created:
+        raise ValidationError(
+            f"{', '.join(op.kind for op in ops)}: apply() returned no drafts, so there is nothing "
+            f"to commit"
+        )
     return out + created

@@ -365,15 +365,17 @@ class OperationScheduler:
                         error.attempts = conflicts  # type: ignore[attr-defined]
                         self._fail(batch, attempts, error)
                         return
-                    delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempts - 1))
-                    delay *= self._random.uniform(0.5, 1.5)
+                    delay = self.backoff_base * 2 ** (attempts - 1)
+                    delay = min(self.backoff_cap, delay * self._random.uniform(0.5, 1.5))
                     self._publish(
                         OperationRetried(
                             op_id=op.op_id, kind=op.kind, targets=op.targets,
                             priority=lead.priority, attempt=attempts, delay_s=delay,
                         )
                     )  # fmt: skip
-                    time.sleep(delay)  # backoff between attempts; nothing else waits on it
+                    # backoff between attempts; the targets stay held, so operations of this
+                    # registry queued on them wait too (they would conflict the same way)
+                    time.sleep(delay)
                     continue
                 except Exception as exc:  # noqa: BLE001 - reported, then raised to every caller
                     # a retried request whose first try committed must get the stored result,
