@@ -72,6 +72,7 @@ from .operations import (
     with_conflict_resolution,
 )
 from .registry import AsyncEntityRegistry, EntityRegistry, aopen, open
+from .registry.callables import CallableRegistry, CallRecord, FunctionEntity, FunctionSpec, callable
 from .registry.eventlog import Projection, ProjectionReport, StoredEvent
 
 __version__ = "0.1.0"
@@ -84,6 +85,11 @@ __all__ = [
     "aopen",
     "EntityRegistry",
     "AsyncEntityRegistry",
+    "callable",
+    "CallableRegistry",
+    "CallRecord",
+    "FunctionEntity",
+    "FunctionSpec",
     "Entity",
     "EntityRef",
     "BlobRef",

@@ -12,7 +12,7 @@ from .ai import (
     TrainingStageEntity,
 )
 from .base import SYSTEM_FIELDS, Entity, entity_type, entity_types, utcnow
-from .frozen import FloatMap, FrozenDict, IntMap, JSONMap, deep_freeze, thaw
+from .frozen import FloatMap, FrozenDict, IntMap, JSONMap, JSONValue, deep_freeze, thaw
 from .refs import BlobRef, EntityRef
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "deep_freeze",
     "thaw",
     "JSONMap",
+    "JSONValue",
     "FloatMap",
     "IntMap",
     "Name",

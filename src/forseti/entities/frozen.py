@@ -13,7 +13,16 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, NonNegativeInt, PlainSerializer
 
-__all__ = ["FrozenDict", "deep_freeze", "thaw", "normalize", "JSONMap", "FloatMap", "IntMap"]
+__all__ = [
+    "FrozenDict",
+    "deep_freeze",
+    "thaw",
+    "normalize",
+    "JSONMap",
+    "JSONValue",
+    "FloatMap",
+    "IntMap",
+]
 
 
 class FrozenDict(Mapping[str, Any]):
@@ -135,6 +144,9 @@ JSONMap = Annotated[
     PlainSerializer(thaw, return_type=dict),
 ]
 """A deeply frozen JSON-like mapping (hyper-parameters, free-form metadata)."""
+
+JSONValue = Annotated[Any, AfterValidator(deep_freeze), PlainSerializer(thaw)]
+"""Any deeply frozen JSON-like value: a scalar, a mapping or a sequence."""
 
 FloatMap = Annotated[
     Mapping[str, float],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import re
 import uuid
 from typing import Any, NamedTuple
@@ -12,9 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ValidationError
 
-__all__ = ["EntityRef", "BlobRef", "fast_uuid", "fast_ref"]
+__all__ = ["EntityRef", "BlobRef", "fast_uuid", "fast_ref", "new_uuid4"]
 
 _SAFE = uuid.SafeUUID.unknown
+
+_rng = random.Random()  # seeded from os.urandom
+os.register_at_fork(after_in_child=_rng.seed)  # a forked process must not repeat ids
+# version nibble (bits 76-79) = 4, variant bits (62-63) = 0b10
+_V4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_V4_BITS = (0x4 << 76) | (0x2 << 62)
+
+
+def new_uuid4() -> UUID:
+    """A random (version 4) UUID, several times cheaper than ``uuid.uuid4()``.
+
+    ``uuid4()`` makes a system call per id; this draws 122 random bits from a generator seeded
+    from ``os.urandom`` (and reseeded in a forked child), which is as collision-free for ids.
+    """
+    u = object.__new__(UUID)
+    object.__setattr__(u, "int", (_rng.getrandbits(128) & _V4_CLEAR) | _V4_BITS)
+    object.__setattr__(u, "is_safe", _SAFE)
+    return u
 
 
 def fast_uuid(value: int | str) -> UUID:

@@ -19,23 +19,33 @@ R = TypeVar("R")
 
 
 class CallStarted(Event, frozen=True):
-    """An ``@emit_events`` function was called."""
+    """A function was called: an ``@emit_events`` function, or ``reg.call(...)``.
+
+    For ``reg.call``, ``function`` is ``"name@version"``, ``subject`` the call's
+    :class:`~forseti.registry.callables.CallRecord` and ``inputs`` the exact versions it reads.
+    """
 
     topic = "forseti.CallStarted"
     function: str
+    inputs: tuple[EntityRef, ...] = ()
 
 
 class CallCompleted(Event, frozen=True):
-    """An ``@emit_events`` function returned; ``result`` is set when it returned an entity."""
+    """A function returned; ``result`` is set when it returned an entity.
+
+    For ``reg.call``, ``outputs`` are the versions it committed or returned; the event is written
+    in the same transaction as they are.
+    """
 
     topic = "forseti.CallCompleted"
     function: str
     duration_s: float
     result: EntityRef | None = None
+    outputs: tuple[EntityRef, ...] = ()
 
 
 class CallFailed(Event, frozen=True):
-    """An ``@emit_events`` function raised."""
+    """A function raised (for ``reg.call``: nothing it returned was committed)."""
 
     topic = "forseti.CallFailed"
     function: str

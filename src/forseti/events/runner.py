@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,16 +29,20 @@ class AsyncRunner:
         self._thread: threading.Thread | None = None
 
     def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``await fn()`` and return its result (or raise its exception)."""
+        """Run ``await fn()`` and return its result (or raise its exception).
+
+        The coroutine sees the caller's context variables (causation links, the active registry).
+        """
         loop = self._loop or self._start()
+        context = contextvars.copy_context()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
             with ThreadPoolExecutor(1, thread_name_prefix="forseti-nested-handler") as pool:
-                return cast(T, pool.submit(asyncio.run, _call(fn)).result())
-        return cast(T, asyncio.run_coroutine_threadsafe(_call(fn), loop).result())
+                return cast(T, pool.submit(asyncio.run, _call(fn, context)).result())
+        return cast(T, asyncio.run_coroutine_threadsafe(_call(fn, context), loop).result())
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -60,5 +65,7 @@ class AsyncRunner:
             loop.close()
 
 
-async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
+async def _call(fn: Callable[[], Awaitable[Any]], context: contextvars.Context) -> Any:
+    for var, value in context.items():  # this task's own context: the caller's is untouched
+        var.set(value)
     return await fn()

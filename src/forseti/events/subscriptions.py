@@ -62,13 +62,15 @@ def is_async(handler: Handler) -> bool:
     )
 
 
-def marked(source: Any) -> Iterator[Callable[..., Any]]:
-    if callable(source) and hasattr(source, "__forseti_on__"):
+def marked(source: Any, mark: str = "__forseti_on__") -> Iterator[Callable[..., Any]]:
+    """``source`` if it carries ``mark``, else its attributes that do (modules, classes,
+    instances)."""
+    if callable(source) and hasattr(source, mark):
         yield source
         return
     for name in dir(source):
         if name.startswith("__"):
             continue
         attr = getattr(source, name, None)
-        if callable(attr) and hasattr(attr, "__forseti_on__"):
+        if callable(attr) and hasattr(attr, mark):
             yield attr

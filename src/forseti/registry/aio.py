@@ -14,11 +14,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
 from uuid import UUID
 
+import anyio
 import anyio.to_thread
 
 from ..entities import BlobRef, Entity, EntityRef
 from ..events import Event, EventBus
 from .blobs import BlobSource
+from .callables import CallableRegistry, prepare
 from .core import Alias, EntityRegistry
 from .eventlog import Projection, ProjectionReport, StoredEvent
 
@@ -124,6 +126,40 @@ class AsyncEntityRegistry:
     async def submit_many(self, ops: Sequence[Operation]) -> list[OperationResult]:
         """See :meth:`EntityRegistry.submit_many`."""
         return await anyio.to_thread.run_sync(self._sync.submit_many, ops)
+
+    @property
+    def callables(self) -> CallableRegistry:
+        """The registry's callable registry (shared with the sync face)."""
+        return self._sync.callables
+
+    async def call(self, target: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """See :meth:`EntityRegistry.call`. Async functions are awaited on this loop; sync ones
+        run on a worker thread, so a slow function never stalls the loop."""
+        sync = self._sync
+        sync._check_open()
+        spec = await self._run(sync.callables.lookup, target)
+        inv = await self._run(prepare, sync, spec, args, kwargs)
+        inv.start()
+        try:
+            try:
+                if spec.is_async:
+                    result = await spec.fn(*inv.bound.args, **inv.bound.kwargs)
+                else:
+                    result = await anyio.to_thread.run_sync(
+                        functools.partial(spec.fn, *inv.bound.args, **inv.bound.kwargs)
+                    )
+                value, _ = await self._run(inv.complete, result)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._run(inv.fail, exc)
+                raise
+            return value
+        finally:
+            inv.end()
+
+    async def resolve(self, address: str) -> Any:
+        """See :meth:`EntityRegistry.resolve`."""
+        return await self._run(self._sync.resolve, address)
 
     @property
     def bus(self) -> EventBus:

@@ -18,6 +18,7 @@ from ..errors import NotFoundError, StoreClosedError, ValidationError
 from ..events import Event, EventBus
 from .batch import build_batch
 from .blobs import BlobStore
+from .callables import CallablesMixin
 from .checks import as_uuid, check_op_id, check_version
 from .codec import decode_version
 from .eventlog import EventWriter
@@ -44,7 +45,7 @@ def active_registry() -> EntityRegistry | None:
     return _ACTIVE.get()
 
 
-class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
+class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
     """Versioned entities with lineage, over a store (memory, SQLite or PostgreSQL).
 
     Open one with :func:`forseti.open`. The registry owns its store, blob store, event bus
@@ -96,6 +97,8 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin):
         if not self._closed:
             self._closed = True
             try:
+                if self._callables is not None:
+                    self._callables.close()
                 self._writer.close()
             finally:
                 self.bus.close()
