@@ -74,6 +74,17 @@ from .operations import (
 from .registry import AsyncEntityRegistry, EntityRegistry, aopen, open
 from .registry.callables import CallableRegistry, CallRecord, FunctionEntity, FunctionSpec, callable
 from .registry.eventlog import Projection, ProjectionReport, StoredEvent
+from .workflows import (
+    Step,
+    StepOutput,
+    Workflow,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowFailedError,
+    WorkflowResult,
+    WorkflowRunEntity,
+    WorkflowStarted,
+)
 
 __version__ = "0.1.0"
 
@@ -131,6 +142,15 @@ __all__ = [
     "OperationCommitted",
     "OperationRejected",
     "OperationFailed",
+    "Workflow",
+    "Step",
+    "StepOutput",
+    "WorkflowResult",
+    "WorkflowFailedError",
+    "WorkflowRunEntity",
+    "WorkflowStarted",
+    "WorkflowCompleted",
+    "WorkflowFailed",
     "Projection",
     "ProjectionReport",
     "StoredEvent",

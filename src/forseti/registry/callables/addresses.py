@@ -23,7 +23,7 @@ from ...errors import NotFoundError, ValidationError
 if TYPE_CHECKING:
     from ..core import EntityRegistry
 
-__all__ = ["Resolved", "parse_address", "looks_like_address", "resolve_address"]
+__all__ = ["Resolved", "parse_address", "looks_like_address", "resolve_address", "follow_path"]
 
 _UUID_START = re.compile(r"^@(?:[0-9a-fA-F]{8}-|[0-9a-fA-F]{32}(?:\.|$))")
 _SEGMENT = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_-]*|[0-9]+)$")
@@ -77,13 +77,22 @@ def resolve_address(reg: EntityRegistry, text: str) -> Resolved:
             raise NotFoundError(
                 f"address {text!r}: no lineage or version with id {uid}"
             ) from None
-    read = [entity]
-    value: Any = entity
+    return follow_path(reg, entity, path, text)
+
+
+def follow_path(
+    reg: EntityRegistry, value: Any, path: tuple[str | int, ...], text: str = ""
+) -> Resolved:
+    """Walk ``path`` from ``value`` (fields, keys, indexes; refs followed), as addresses do.
+
+    ``text`` names the whole path in error messages.
+    """
+    read = [value] if isinstance(value, Entity) else []
     for i, seg in enumerate(path):
         if isinstance(value, EntityRef):
             value = reg.get(value)
             read.append(value)
-        value = _step(value, seg, text, path[:i])
+        value = _step(value, seg, text or ".".join(map(str, path)), path[:i])
     return Resolved(value, tuple(read))
 
 

@@ -1,0 +1,139 @@
+"""Planning a run: pin each step's function version and store the workflow as JSON.
+
+Everything that can be checked before a step runs is checked here (callables registered,
+argument names, compensation parameters, arguments storable), so a bad workflow fails before
+it changes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ValidationError
+from ..registry.callables import FunctionSpec
+from .model import Step, StepOutput, Workflow
+from .values import encode_argument
+
+if TYPE_CHECKING:
+    from ..registry import EntityRegistry
+
+__all__ = ["PlannedStep", "Plan", "plan_workflow", "plan_from_spec", "SPEC_FORMAT"]
+
+SPEC_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    """A step with its function version pinned and its arguments as JSON."""
+
+    name: str
+    spec: FunctionSpec
+    args: Mapping[str, Any]
+    depends: tuple[str, ...]
+    compensation: FunctionSpec | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    steps: tuple[PlannedStep, ...]
+    max_concurrency: int
+
+    @property
+    def by_name(self) -> dict[str, PlannedStep]:
+        return {s.name: s for s in self.steps}
+
+    def to_spec(self) -> dict[str, Any]:
+        """The workflow as JSON (stored in the run entity)."""
+        return {
+            "format": SPEC_FORMAT,
+            "max_concurrency": self.max_concurrency,
+            "steps": [
+                {
+                    "name": s.name,
+                    "callable": s.spec.label,
+                    "args": dict(s.args),
+                    "depends": list(s.depends),
+                    "on_failure": s.compensation.label if s.compensation else None,
+                }
+                for s in self.steps
+            ],
+        }
+
+
+def _placeholder(value: Any) -> Any | None:
+    if isinstance(value, Step):
+        return {"$step": value.name, "path": []}
+    if isinstance(value, StepOutput):
+        return {"$step": value.step, "path": list(value.path)}
+    return None
+
+
+def plan_workflow(reg: EntityRegistry, wf: Workflow) -> Plan:
+    """Pin the current version of every step's callable (registering functions given as
+    objects) and check the steps' arguments."""
+    if not len(wf):
+        raise ValidationError(f"workflow {wf.name!r} has no steps")
+    steps = []
+    for step in wf.steps:
+        spec = reg.callables.lookup(step.target)
+        comp = reg.callables.lookup(step.on_failure) if step.on_failure is not None else None
+        args = {
+            k: encode_argument(v, f"step {step.name!r}, argument {k!r}", _placeholder)
+            for k, v in step.args.items()
+        }
+        planned = PlannedStep(step.name, spec, args, step.depends, comp)
+        _check(planned)
+        steps.append(planned)
+    return Plan(wf.name, tuple(steps), wf.max_concurrency)
+
+
+def plan_from_spec(reg: EntityRegistry, name: str, spec: Mapping[str, Any]) -> Plan:
+    """The plan a stored run was started with; its pinned versions must be registered here."""
+    if spec.get("format") != SPEC_FORMAT:
+        raise ValidationError(
+            f"workflow run {name!r} was stored in spec format {spec.get('format')!r}; this "
+            f"version of Forseti reads format {SPEC_FORMAT}"
+        )
+    steps = []
+    for raw in spec["steps"]:
+        comp_label = raw.get("on_failure")
+        steps.append(
+            PlannedStep(
+                raw["name"],
+                reg.callables.get(raw["callable"]),
+                dict(raw["args"]),
+                tuple(raw["depends"]),
+                reg.callables.get(comp_label) if comp_label else None,
+            )
+        )
+    return Plan(name, tuple(steps), int(spec["max_concurrency"]))
+
+
+def _check(step: PlannedStep) -> None:
+    spec = step.spec
+    names = set(step.args)
+    if spec.var_keyword is None:
+        unknown = names - set(spec.by_name)
+        if unknown:
+            raise ValidationError(
+                f"step {step.name!r}: {spec.label} has no parameter(s) "
+                f"{', '.join(sorted(unknown))}"
+            )
+    missing = [p.name for p in spec.params if p.required and p.name not in names]
+    if missing:
+        raise ValidationError(
+            f"step {step.name!r}: {spec.label} needs argument(s) {', '.join(missing)}"
+        )
+    comp = step.compensation
+    if comp is not None:
+        offered = names | {"output"}
+        unmet = [p.name for p in comp.params if p.required and p.name not in offered]
+        if unmet:
+            raise ValidationError(
+                f"step {step.name!r}: its on_failure {comp.label} needs {', '.join(unmet)}, but "
+                f"it is given only the step's arguments ({', '.join(sorted(names)) or 'none'}) "
+                f"and 'output'"
+            )
