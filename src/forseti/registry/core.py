@@ -197,6 +197,7 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
         events: Sequence[Event] = (),
         tracking: TrackingUpdate | None = None,
         merged_op_ids: Sequence[str] = (),
+        delivered: Sequence[Event] = (),
     ) -> list[Entity]:
         """Store several new versions (of one or more lineages) in one transaction.
 
@@ -205,11 +206,18 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
         versions and may be committed only once; ``merged_op_ids`` are further operation ids folded
         into this one (recorded too, so each is idempotent). The registry's own events
         (``EntityRegistered``, ``EntityVersionCommitted``) and any ``events`` given are written in
-        the same transaction (outbox), then delivered on ``reg.bus``.
+        the same transaction (outbox), then delivered on ``reg.bus``. ``delivered`` are events
+        the bus delivered already (``bus.publish_persisted``): they are logged in this
+        transaction and not delivered again.
         """
         self._check_open()
         batch, announced = build_batch(
-            drafts, op_id=op_id, events=events, tracking=tracking, resolve=self._version_id
+            drafts,
+            op_id=op_id,
+            events=events,
+            tracking=tracking,
+            resolve=self._version_id,
+            logged=delivered,
         )
         for merged in merged_op_ids:
             check_op_id(merged)

@@ -12,7 +12,7 @@
 4
 """
 
-from .entities import StepState, StepStatus, WorkflowRunEntity, WorkflowStatus
+from .entities import StepState, StepStatus, WorkflowEntity, WorkflowRunEntity, WorkflowStatus
 from .events import WorkflowCompleted, WorkflowFailed, WorkflowStarted
 from .model import Step, StepOutput, Workflow, WorkflowFailedError, WorkflowResult
 
@@ -22,6 +22,7 @@ __all__ = [
     "StepOutput",
     "WorkflowResult",
     "WorkflowFailedError",
+    "WorkflowEntity",
     "WorkflowRunEntity",
     "StepState",
     "StepStatus",

@@ -26,10 +26,17 @@ from ..registry.callables import CallRecord, FunctionSpec, prepare
 from ..registry.callables.addresses import follow_path
 from ..registry.callables.invoke import Extra
 from ..registry.callables.outputs import Outputs
-from .entities import StepState, WorkflowRunEntity
+from .entities import StepState, WorkflowEntity, WorkflowRunEntity
 from .events import WorkflowCompleted, WorkflowFailed, WorkflowStarted
 from .model import Workflow, WorkflowFailedError, WorkflowResult
-from .plan import Plan, PlannedStep, plan_from_spec, plan_workflow
+from .plan import (
+    Plan,
+    PlannedStep,
+    definition_spec,
+    plan_from_spec,
+    plan_workflow,
+    store_definition,
+)
 from .values import decode_value, encode_output
 
 if TYPE_CHECKING:
@@ -48,10 +55,11 @@ async def start_run(
 ) -> WorkflowResult:
     """Plan ``wf`` (nothing is written if that fails), then run it from the start."""
     plan = await _io(reg, plan_workflow, reg, wf)
+    definition = await _io(reg, store_definition, reg, plan)
     draft = WorkflowRunEntity(
         name=wf.name,
         status="running",
-        spec=plan.to_spec(),
+        workflow=definition.ref,
         steps=tuple(StepState(name=s.name, callable=s.spec.label) for s in plan.steps),
         attempts=1,
         started_at=utcnow(),
@@ -64,7 +72,12 @@ async def resume_run(
 ) -> WorkflowResult:
     """Continue a stored run from its last completed step."""
     head = await _io(reg, _load_head, reg, run)
-    engine_plan = await _io(reg, plan_from_spec, reg, head.name, head.spec)
+    definition = await _io(reg, reg.get, head.workflow)
+    if not isinstance(definition, WorkflowEntity):
+        raise ValidationError(f"run {head.ref} names {definition.ref}, which is not a workflow")
+    engine_plan = await _io(
+        reg, plan_from_spec, reg, head.name, definition_spec(definition)
+    )
     if head.status == "completed":
         engine = _Engine(reg, engine_plan, head)
         engine.restore()
@@ -146,7 +159,7 @@ class _Engine:
         result = self.result()
         if self.failed is not None and raise_on_failure:
             raise WorkflowFailedError(
-                f"workflow {self.plan.name!r} failed at step {self.failed!r}: {self.error}"
+                f"workflow {self.plan.name!r} failed at step {self.failed!r}: {_text(self.error)}"
                 + (f"; compensated: {', '.join(compensated)}" if compensated else ""),
                 result=result,
                 step=self.failed,

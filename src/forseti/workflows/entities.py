@@ -8,7 +8,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
 
 from ..entities import Entity, EntityRef, JSONMap, JSONValue, Name
 
-__all__ = ["StepState", "StepStatus", "WorkflowStatus", "WorkflowRunEntity"]
+__all__ = ["StepState", "StepStatus", "WorkflowStatus", "WorkflowEntity", "WorkflowRunEntity"]
 
 StepStatus = Literal[
     "pending", "running", "completed", "failed", "skipped", "compensated", "compensation_failed"
@@ -36,10 +36,22 @@ class StepState(BaseModel):
     )
 
 
+class WorkflowEntity(Entity):
+    """A workflow's definition as data: its steps, their pinned function versions, arguments
+    and compensations. One lineage per workflow name; a changed definition is its next version.
+    """
+
+    entity_type: ClassVar[str] = "forseti.Workflow"
+
+    name: Name
+    spec: JSONMap = Field(default_factory=dict)
+    spec_hash: str = Field(description="sha256 of the spec's canonical JSON")
+
+
 class WorkflowRunEntity(Entity):
     """One run of a :class:`~forseti.workflows.Workflow`, a new version at every step.
 
-    ``spec`` is the workflow as data (steps, their pinned function versions and arguments), so
+    ``workflow`` is the exact definition it runs (a :class:`WorkflowEntity` version), so
     :meth:`Workflow.resume <forseti.workflows.Workflow.resume>` can pick a crashed run up in
     another process. ``calls`` lists every call record the run made, as provenance edges.
     """
@@ -48,7 +60,7 @@ class WorkflowRunEntity(Entity):
 
     name: Name
     status: WorkflowStatus = "pending"
-    spec: JSONMap = Field(default_factory=dict)
+    workflow: EntityRef
     steps: tuple[StepState, ...] = ()
     calls: tuple[EntityRef, ...] = ()
     failed_step: str | None = None

@@ -7,19 +7,30 @@ it changes anything.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ValidationError
+from ..entities import thaw
+from ..errors import ConflictError, ValidationError
 from ..registry.callables import FunctionSpec
+from .entities import WorkflowEntity
 from .model import Step, StepOutput, Workflow
 from .values import encode_argument
 
 if TYPE_CHECKING:
     from ..registry import EntityRegistry
 
-__all__ = ["PlannedStep", "Plan", "plan_workflow", "plan_from_spec", "SPEC_FORMAT"]
+__all__ = [
+    "PlannedStep",
+    "Plan",
+    "plan_workflow",
+    "plan_from_spec",
+    "store_definition",
+    "SPEC_FORMAT",
+]
 
 SPEC_FORMAT = 1
 
@@ -110,6 +121,32 @@ def plan_from_spec(reg: EntityRegistry, name: str, spec: Mapping[str, Any]) -> P
             )
         )
     return Plan(name, tuple(steps), int(spec["max_concurrency"]))
+
+
+def store_definition(reg: EntityRegistry, plan: Plan) -> WorkflowEntity:
+    """The stored definition of ``plan``: the name's head if its spec is the same, else the
+    next version (or the first)."""
+    spec = plan.to_spec()
+    digest = hashlib.sha256(
+        json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    for _ in range(10):  # another process may store a definition of this name meanwhile
+        heads = reg.find(WorkflowEntity, name=plan.name)
+        try:
+            if not heads:
+                return reg.add(WorkflowEntity(name=plan.name, spec=spec, spec_hash=digest))
+            if heads[0].spec_hash == digest:
+                return heads[0]
+            return reg.commit(heads[0].evolve(spec=spec, spec_hash=digest))
+        except ConflictError:
+            continue
+    raise ConflictError(f"could not store workflow {plan.name!r}: its lineage kept moving")
+
+
+def definition_spec(definition: WorkflowEntity) -> dict[str, Any]:
+    """The spec of a stored definition, as plain JSON."""
+    spec: dict[str, Any] = thaw(definition.spec)
+    return spec
 
 
 def _check(step: PlannedStep) -> None:

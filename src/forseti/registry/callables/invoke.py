@@ -55,6 +55,7 @@ class Invocation:
     started_at: datetime | None = None
     t0: float = 0.0
     token: Token[Event | None] | None = None
+    started: CallStarted | None = None
 
     @property
     def record_ref(self) -> EntityRef:
@@ -66,7 +67,9 @@ class Invocation:
     def start(self) -> None:
         """Publish ``CallStarted``; events published until the call ends are caused by it."""
         started = CallStarted(function=self.spec.label, subject=self.record_ref, inputs=self.inputs)
-        self.reg.bus.publish(started)
+        # delivered now, logged with the call's outcome (one transaction, no extra write)
+        self.reg.bus.publish_persisted(started)
+        self.started = started
         self.token = _CURRENT.set(started)
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
@@ -115,7 +118,7 @@ class Invocation:
         drafts = [*outs.drafts, record]
         if also is not None:
             drafts.extend(also(record, outs))
-        self.reg.commit_many(drafts, events=[event])
+        self.reg.commit_many(drafts, events=[event], delivered=self._started())
         return outs.value, record
 
     def fail(self, exc: BaseException, also: Extra | None = None) -> CallRecord | None:
@@ -153,11 +156,15 @@ class Invocation:
         if also is not None:
             drafts.extend(also(record, None))
         try:
-            self.reg.commit_many(drafts, events=[event])
+            self.reg.commit_many(drafts, events=[event], delivered=self._started())
         except Exception:
             logger.warning("could not record the failure of %s", self.spec.label, exc_info=True)
             return None
         return record
+
+
+    def _started(self) -> tuple[Event, ...]:
+        return () if self.started is None else (self.started,)
 
 
 def _record(**fields: Any) -> CallRecord:
