@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from . import trees
 from .entities import (
     SYSTEM_FIELDS,
     BlobRef,
@@ -74,6 +75,7 @@ from .operations import (
 from .registry import AsyncEntityRegistry, EntityRegistry, aopen, open
 from .registry.callables import CallableRegistry, CallRecord, FunctionEntity, FunctionSpec, callable
 from .registry.eventlog import Projection, ProjectionReport, StoredEvent
+from .trees import CycleError, EntityTree
 from .workflows import (
     Step,
     StepOutput,
@@ -142,6 +144,9 @@ __all__ = [
     "OperationCommitted",
     "OperationRejected",
     "OperationFailed",
+    "trees",
+    "EntityTree",
+    "CycleError",
     "Workflow",
     "Step",
     "StepOutput",

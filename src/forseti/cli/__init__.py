@@ -3,6 +3,8 @@
 ``forseti demo``     the end-to-end demo (what ``make demo`` runs) on the embedded default store
 ``forseti info``     where a store lives, its schema version, how many lineages of each type
 ``forseti history``  every version of one lineage and what changed in each
+``forseti lineage``  the tree of a version: a model's evolution, a pipeline's stages, runs and
+                     checkpoints, or what anything else came from (text, Mermaid or DOT)
 
 Each takes ``--url`` (default: ``$FORSETI_URL``, else ``sqlite:///.forseti/forseti.db``) and
 ``--plain``. Output uses ``rich`` when it is installed and plain text otherwise. Exit status: 0 on
@@ -20,9 +22,12 @@ from collections.abc import Callable, Sequence
 
 import forseti as fs
 
-from ..entities import entity_types
+from ..entities import Entity, ModelEntity, PipelineEntity, entity_types
 from ..errors import ForsetiError
-from ..registry import SCHEMA_VERSION
+from ..registry import SCHEMA_VERSION, EntityRegistry
+from ..trees import EntityTree, model_lineage, pipeline_tree
+from ..trees.discover import resolve
+from ..trees.labels import node_label
 from .demo import DemoFailure, run_demo
 from .output import Printer, blob_root, history_table, kind, label
 
@@ -71,6 +76,34 @@ def _cmd_history(args: argparse.Namespace, out: Printer) -> int:
     return 0
 
 
+def lineage_tree(reg: EntityRegistry, entity: Entity) -> tuple[str, EntityTree]:
+    """What ``forseti lineage`` draws for ``entity``, and a heading saying what it is."""
+    if isinstance(entity, ModelEntity):
+        return "how the model evolved", model_lineage(reg, entity)
+    if isinstance(entity, PipelineEntity):
+        return "stages, runs and checkpoints", pipeline_tree(reg, entity)
+    tree = EntityTree.build(reg, entity, kinds=("reference", "derived_from"))
+    return "what it came from", tree
+
+
+def _cmd_lineage(args: argparse.Namespace, out: Printer) -> int:
+    with fs.open(args.url) as reg:
+        entity = resolve(reg, args.ref)
+        what, tree = lineage_tree(reg, entity)
+        if args.format == "mermaid":
+            print(tree.to_mermaid(), end="")
+            print(f"%% {what}; stored in {reg.url}")
+        elif args.format == "dot":
+            print(tree.to_dot(), end="")
+            print(f"// {what}; stored in {reg.url}")
+        else:
+            out.title(f"{node_label(entity)}: {what}")
+            out.tree(tree)
+            out.line()
+            out.line(f"{len(tree)} version(s); stored in {reg.url}", soft_wrap=True)
+    return 0
+
+
 # -- forseti demo ----------------------------------------------------------------------------
 
 
@@ -109,6 +142,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     history.add_argument("lineage_id", metavar="LINEAGE_ID", help="the lineage's UUID")
     history.set_defaults(func=_cmd_history)
+
+    lineage = sub.add_parser(
+        "lineage",
+        parents=[common],
+        help="a model's evolution, a pipeline's stages, runs and checkpoints, or what a version "
+        "came from",
+    )
+    lineage.add_argument(
+        "ref",
+        metavar="REF",
+        help="a lineage UUID (its head), LINEAGE@VERSION, or a version id",
+    )
+    lineage.add_argument(
+        "--format",
+        choices=("text", "mermaid", "dot"),
+        default="text",
+        help="text (default), a Mermaid flowchart, or Graphviz DOT",
+    )
+    lineage.set_defaults(func=_cmd_lineage)
     return parser
 
 

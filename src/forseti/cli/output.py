@@ -12,6 +12,8 @@ import forseti as fs
 from ..entities import BlobRef, Entity, EntityRef, thaw
 from ..errors import ForsetiError
 from ..registry import FileBlobStore
+from ..trees import EntityTree, to_text
+from ..trees.render import to_rich
 
 __all__ = ["Printer"]
 
@@ -48,9 +50,10 @@ class Printer:
             print(f"\n{text}")
             print("-" * min(len(text), 100))
 
-    def line(self, text: str = "", *, style: str | None = None) -> None:
+    def line(self, text: str = "", *, style: str | None = None, soft_wrap: bool = False) -> None:
+        """One line; ``soft_wrap=True`` never breaks it (for paths and URLs people copy)."""
         if self._console is not None:
-            self._console.print(text, style=style)
+            self._console.print(text, style=style, soft_wrap=soft_wrap)
         else:
             print(text)
 
@@ -59,6 +62,13 @@ class Printer:
         width = max((len(k) for k, _ in pairs), default=0)
         for key, value in pairs:
             self.line(f"  {key + ':':<{width + 1}}  {value}")
+
+    def tree(self, tree: EntityTree) -> None:
+        """An entity tree: drawn by rich, or in plain ASCII."""
+        if self._console is not None:
+            self._console.print(to_rich(tree))
+        else:
+            print(to_text(tree, plain=True), end="")
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
         rows = [[str(c) for c in row] for row in rows]

@@ -135,9 +135,14 @@ class TrainingRunEntity(Entity):
 
 
 class TrainingStageEntity(Entity):
-    """One stage of a pipeline (pre-training, SFT, RL, evaluation, export …)."""
+    """One stage of a pipeline (pre-training, SFT, RL, evaluation, export …).
+
+    It owns its ``run`` (a ``hierarchical`` edge in :mod:`forseti.trees`); its ``config`` is a
+    ``reference``.
+    """
 
     entity_type: ClassVar[str] = "forseti.TrainingStage"
+    child_fields: ClassVar[tuple[str, ...]] = ("run",)
 
     name: Name
     kind: Name
@@ -155,9 +160,10 @@ class TrainingStageEntity(Entity):
 
 
 class PipelineEntity(Entity):
-    """An ordered set of stages (each a :class:`TrainingStageEntity` version)."""
+    """An ordered set of stages (each a :class:`TrainingStageEntity` version), which it owns."""
 
     entity_type: ClassVar[str] = "forseti.Pipeline"
+    child_fields: ClassVar[tuple[str, ...]] = ("stages",)
 
     name: Name
     stages: tuple[EntityRef, ...] = ()

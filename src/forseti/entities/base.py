@@ -7,13 +7,13 @@ import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import UnknownEntityTypeError, ValidationError
-from .refs import EntityRef, fast_ref
+from .refs import EntityRef, fast_ref, new_uuid4
 from .typenames import register_name
 
 __all__ = ["Entity", "SYSTEM_FIELDS", "MAX_VERSION", "entity_type", "entity_types", "utcnow"]
@@ -40,6 +40,13 @@ class Entity(BaseModel):
 
     The system fields below are set by Forseti: ``evolve()`` makes the next version's draft, and only
     the registry turns a draft into a committed version.
+
+    ``child_fields`` names the reference fields (typed :class:`EntityRef` or a tuple of them) whose
+    targets this entity *owns*, such as a pipeline's ``stages``: :mod:`forseti.trees` draws them as
+    ``hierarchical`` edges. Every other reference field is a ``reference`` edge (something used,
+    not owned, such as a stage's ``config``), and ``derived_from`` entries are ``derived_from``
+    edges. A name that is not a reference field of the class is a ``TypeError`` when the class is
+    defined.
     """
 
     model_config = ConfigDict(
@@ -47,9 +54,10 @@ class Entity(BaseModel):
     )
 
     entity_type: ClassVar[str] = "forseti.Entity"
+    child_fields: ClassVar[tuple[str, ...]] = ()
 
-    id: UUID = Field(default_factory=uuid4, description="this version's id")
-    lineage_id: UUID = Field(default_factory=uuid4, description="stable identity across versions")
+    id: UUID = Field(default_factory=new_uuid4, description="this version's id")
+    lineage_id: UUID = Field(default_factory=new_uuid4, description="stable identity across versions")
     version: int = Field(default=1, ge=1, le=2**31 - 1, description="1, 2, 3 … within the lineage")
     previous_id: UUID | None = Field(default=None, description="the version this one came from")
     created_at: AwareDatetime = Field(default_factory=utcnow, description="UTC")
@@ -75,6 +83,7 @@ class Entity(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        _check_child_fields(cls)
         register_name(_TYPES, cls, "entity_type", "entity type name")
 
     @model_validator(mode="after")
@@ -139,7 +148,7 @@ class Entity(BaseModel):
         data = {name: getattr(self, name) for name in type(self).model_fields}
         data.update(changes)
         data.update(
-            id=uuid4(),
+            id=new_uuid4(),
             version=self.version + 1,
             previous_id=self.id,
             created_at=utcnow(),
@@ -182,6 +191,26 @@ def _mentions_ref(annotation: Any) -> bool:
 
 
 _REF_FIELDS: dict[type[Entity], tuple[str, ...]] = {}
+
+
+def _check_child_fields(cls: type[Entity]) -> None:
+    """``cls.child_fields`` must be a tuple of the names of ``cls``'s reference fields."""
+    names = cls.child_fields
+    if not isinstance(names, tuple) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{cls.__name__}.child_fields must be a tuple of field names")
+    for name in names:
+        info = cls.model_fields.get(name)
+        if info is None or name in SYSTEM_FIELDS:
+            raise TypeError(
+                f"{cls.__name__}.child_fields names {name!r}, which is not a user field of "
+                f"{cls.__name__}; user fields are: {', '.join(cls.user_fields()) or '(none)'}"
+            )
+        # an annotation pydantic could not resolve yet is checked when it is used, not here
+        if cls.__pydantic_complete__ and not _mentions_ref(info.annotation):
+            raise TypeError(
+                f"{cls.__name__}.child_fields names {name!r}, which is not a reference field "
+                f"(type EntityRef, or a tuple of EntityRef)"
+            )
 
 
 def _ref_fields(cls: type[Entity]) -> tuple[str, ...]:
