@@ -26,7 +26,6 @@ def build_batch(
     events: Sequence[Event],
     tracking: TrackingUpdate | None,
     resolve: Resolver,
-    logged: Sequence[Event] = (),
 ) -> tuple[WriteBatch, list[Event]]:
     """The batch that commits ``drafts`` and ``events``, and the events to announce afterwards.
 
@@ -34,8 +33,7 @@ def build_batch(
     fields); a reference may name a stored version (``resolve`` finds its id, or raises
     NotFoundError) or an earlier draft of the same batch — never itself or a later draft, so
     provenance stays acyclic. The registry's own events (``EntityRegistered``,
-    ``EntityVersionCommitted``) come first, then ``events``; ``logged`` events are written
-    before them all but not announced (they were delivered already).
+    ``EntityVersionCommitted``) come first, then ``events``.
     """
     if not isinstance(drafts, (list, tuple)) or (not drafts and tracking is None):
         raise ValidationError("commit_many() takes a non-empty sequence of entities")
@@ -44,7 +42,7 @@ def build_batch(
             raise ValidationError(f"expected an Entity, got {type(d).__name__}")
     if op_id is not None:
         check_op_id(op_id)
-    for e in (*events, *logged):
+    for e in events:
         if not isinstance(e, Event):
             raise ValidationError(f"expected an Event, got {type(e).__name__}")
     batch = WriteBatch(tracking=tracking)
@@ -87,8 +85,7 @@ def build_batch(
             batch.edges.append(EdgeRecord(src, d.id, relation))
         if len(drafts) > 1:
             earlier[d.ref] = d.id
-    batch.events = [to_record(e) for e in logged]
-    batch.events += [to_record(e, trusted=True) for e in announced]
+    batch.events = [to_record(e, trusted=True) for e in announced]
     batch.events += [to_record(e) for e in events]
     announced.extend(events)
     return batch, announced

@@ -197,7 +197,6 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
         events: Sequence[Event] = (),
         tracking: TrackingUpdate | None = None,
         merged_op_ids: Sequence[str] = (),
-        delivered: Sequence[Event] = (),
     ) -> list[Entity]:
         """Store several new versions (of one or more lineages) in one transaction.
 
@@ -206,23 +205,41 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
         versions and may be committed only once; ``merged_op_ids`` are further operation ids folded
         into this one (recorded too, so each is idempotent). The registry's own events
         (``EntityRegistered``, ``EntityVersionCommitted``) and any ``events`` given are written in
-        the same transaction (outbox), then delivered on ``reg.bus``. ``delivered`` are events
-        the bus delivered already (``bus.publish_persisted``): they are logged in this
-        transaction and not delivered again.
+        the same transaction (outbox), then delivered on ``reg.bus``.
         """
+        return self._commit(
+            drafts, op_id=op_id, events=events, tracking=tracking, merged_op_ids=merged_op_ids
+        )
+
+    def _commit(
+        self,
+        drafts: Sequence[Entity],
+        *,
+        op_id: str | None = None,
+        events: Sequence[Event] = (),
+        tracking: TrackingUpdate | None = None,
+        merged_op_ids: Sequence[str] = (),
+        with_published: bool = False,
+    ) -> list[Entity]:
+        """:meth:`commit_many`; ``with_published`` also writes the events published on the bus
+        and not logged yet, in the same transaction and before this commit's own events, so the
+        log keeps them in publication order (a registered call's ``CallStarted``, the events its
+        function published, then its outcome)."""
         self._check_open()
         batch, announced = build_batch(
-            drafts,
-            op_id=op_id,
-            events=events,
-            tracking=tracking,
-            resolve=self._version_id,
-            logged=delivered,
+            drafts, op_id=op_id, events=events, tracking=tracking, resolve=self._version_id
         )
         for merged in merged_op_ids:
             check_op_id(merged)
             batch.merged_op_ids.append(merged)
-        self._store.write(batch)
+        if with_published:
+            with self._writer.drained() as published:
+                if published:
+                    batch.events[:0] = published
+                    batch.skip_logged_events = True  # as the writer does: idempotent by id
+                self._store.write(batch)
+        else:
+            self._store.write(batch)
         with self._lock:
             for d in drafts:
                 self._remember(d, head=True)

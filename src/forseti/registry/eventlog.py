@@ -13,7 +13,8 @@ import atexit
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,24 @@ class EventWriter:
             self._buffer.append((event, payload))
             if len(self._buffer) >= self.batch_size:
                 self._cond.notify()
+
+    @contextmanager
+    def drained(self) -> Iterator[list[EventRecord]]:
+        """Everything buffered, as log records, for the caller to write in its own transaction.
+
+        The background writer is held back meanwhile, so nothing published later can be logged
+        first. If the block raises, the events go back to the front of the buffer: nothing is
+        lost, and the writer logs them later.
+        """
+        with self._write_lock:
+            with self._cond:
+                taken, self._buffer = self._buffer, []
+            try:
+                yield [to_record(e, p) for e, p in taken]
+            except BaseException:
+                with self._cond:
+                    self._buffer[:0] = taken
+                raise
 
     @property
     def pending(self) -> int:

@@ -7,14 +7,15 @@ it changes anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..entities import thaw
-from ..errors import ConflictError, ValidationError
+from ..entities import Entity, thaw
+from ..errors import ConflictError, NotFoundError, ValidationError
 from ..registry.callables import FunctionSpec
 from .entities import WorkflowEntity
 from .model import Step, StepOutput, Workflow
@@ -83,22 +84,59 @@ def _placeholder(value: Any) -> Any | None:
 
 
 def plan_workflow(reg: EntityRegistry, wf: Workflow) -> Plan:
-    """Pin the current version of every step's callable (registering functions given as
-    objects) and check the steps' arguments."""
+    """Check every step, then pin the current version of each step's callable.
+
+    Functions given as objects are registered only once every step has passed its checks, so
+    a bad workflow writes nothing.
+    """
     if not len(wf):
         raise ValidationError(f"workflow {wf.name!r} has no steps")
-    steps = []
+    previews = []
     for step in wf.steps:
-        spec = reg.callables.lookup(step.target)
-        comp = reg.callables.lookup(step.on_failure) if step.on_failure is not None else None
+        spec = reg.callables.preview(step.target)
+        comp = reg.callables.preview(step.on_failure) if step.on_failure is not None else None
         args = {
             k: encode_argument(v, f"step {step.name!r}, argument {k!r}", _placeholder)
             for k, v in step.args.items()
         }
+        for key, value in step.args.items():
+            _check_stored(reg, value, f"step {step.name!r}, argument {key!r}")
         planned = PlannedStep(step.name, spec, args, step.depends, comp)
         _check(planned)
-        steps.append(planned)
+        previews.append(planned)
+    steps = []
+    for step, planned in zip(wf.steps, previews, strict=True):
+        comp = planned.compensation
+        steps.append(
+            dataclasses.replace(
+                planned,
+                spec=reg.callables.lookup(step.target),
+                compensation=reg.callables.lookup(step.on_failure)
+                if step.on_failure is not None and comp is not None
+                else None,
+            )
+        )
     return Plan(wf.name, tuple(steps), wf.max_concurrency)
+
+
+def _check_stored(reg: EntityRegistry, value: Any, where: str) -> None:
+    """Entities given as arguments must be stored versions (as ``reg.call`` requires)."""
+    if isinstance(value, Entity):
+        try:
+            stored = reg.get(value.ref)
+        except NotFoundError:
+            stored = None
+        if stored is None or stored.id != value.id:
+            raise ValidationError(
+                f"{where}: the {type(value).__name__} is not stored (a new entity or an "
+                f"uncommitted draft); add or commit it first"
+            )
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_stored(reg, item, where)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_stored(reg, item, where)
 
 
 def plan_from_spec(reg: EntityRegistry, name: str, spec: Mapping[str, Any]) -> Plan:

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Resolved", "parse_address", "looks_like_address", "resolve_address", "follow_path"]
 
-_UUID_START = re.compile(r"^@(?:[0-9a-fA-F]{8}-|[0-9a-fA-F]{32}(?:\.|$))")
-_SEGMENT = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_-]*|[0-9]+)$")
+_HEX = "[0-9a-fA-F]"
+_UUID_TEXT = re.compile(rf"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}|{_HEX}{{32}}")
+_UUID_START = re.compile(rf"@(?:{_HEX}{{8}}-|{_HEX}{{32}}(?:\.|\Z))")
+_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,26 +44,33 @@ def looks_like_address(value: object) -> bool:
     return isinstance(value, str) and value[:1] == "@" and _UUID_START.match(value) is not None
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> tuple[UUID, tuple[str | int, ...]]:
-    """Split an address into its uuid and path segments (ints for tuple indexes)."""
+    """Split an address into its uuid and path segments.
+
+    The uuid is written as 8-4-4-4-12 or 32 hex digits. A segment of digits is an index (an
+    ``int``) unless it has a leading zero, which makes it a key like any other name.
+    """
     if not isinstance(text, str) or not text.startswith("@"):
         raise ValidationError(f"an address starts with '@', got {text!r}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> tuple[UUID, tuple[str | int, ...]]:
     head, _, rest = text[1:].partition(".")
-    try:
-        uid = UUID(head)
-    except ValueError:
+    if not _UUID_TEXT.fullmatch(head):
         raise ValidationError(
             f"address {text!r}: {head!r} is not a UUID (use '@<lineage or version id>.field')"
-        ) from None
+        )
+    uid = UUID(head)
     segments: list[str | int] = []
     if rest or text.endswith("."):
         for seg in rest.split("."):
-            if not _SEGMENT.match(seg):
+            if not _SEGMENT.fullmatch(seg):
                 raise ValidationError(
                     f"address {text!r}: {seg!r} is not a field name, key or index"
                 )
-            segments.append(int(seg) if seg.isdigit() else seg)
+            segments.append(int(seg) if seg.isdigit() and (seg == "0" or seg[0] != "0") else seg)
     return uid, tuple(segments)
 
 

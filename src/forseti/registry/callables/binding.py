@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["BoundCall", "bind"]
 
 _SCALARS = (str, int, float, bool, type(None))
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(slots=True)
@@ -114,9 +115,10 @@ def _resolve(
         return _plain(spec, p, resolved.value, label)
     if isinstance(value, Entity):
         entity = _stored(reg, spec, value, label)
+        checked = _plain(spec, p, entity, label)  # e.g. an entity for an int is refused
         call.inputs.setdefault(entity.ref, entity)
         call.arguments[label] = str(entity.ref)
-        return entity
+        return checked
     call.arguments[label] = _summary(value)
     return _plain(spec, p, value, label)
 
@@ -207,6 +209,8 @@ def _names(p: Param) -> str:
 
 def _summary(value: Any) -> Any:
     """``value`` as JSON for the call record (its repr when it is not JSON-like)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _UINT_MAX:
+        return str(value)  # the stores keep 64-bit integers
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, EntityRef):

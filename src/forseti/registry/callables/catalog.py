@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import inspect
 import logging
 import re
@@ -115,41 +116,69 @@ class CallableRegistry:
     ) -> FunctionSpec:
         """Register ``fn`` under ``name`` (default: its ``@fs.callable`` name, else its
         ``__qualname__``) and return the version that is now current."""
-        if not builtins.callable(fn):
+        if isinstance(fn, str) or not builtins.callable(fn):
             raise ValidationError(f"register() takes a function, got {type(fn).__name__}")
+        draft = self.preview(fn, name, description=description, registered=False)
+        with self._lock:
+            current = self._current.get(draft.name)
+            if current is not None and current.code_hash == draft.code_hash and current.fn is fn:
+                return current
+            version, ref = self._persist(
+                draft.name, fn, draft.code_hash, draft.is_async, draft.description
+            )
+            spec = dataclasses.replace(draft, version=version, function_ref=ref)
+            self._versions.setdefault(spec.name, {})[version] = spec
+            self._current[spec.name] = spec
+            self._by_fn[id(fn)] = (fn, spec)
+        if current is not None and current.version != version:
+            logger.info(
+                "callable %r hot-swapped: version %d -> %d", spec.name, current.version, version
+            )
+        return spec
+
+    def preview(
+        self,
+        target: str | Callable[..., Any],
+        name: str | None = None,
+        *,
+        description: str | None = None,
+        registered: bool = True,
+    ) -> FunctionSpec:
+        """What :meth:`lookup` would run, without registering anything.
+
+        For a function that is not registered yet, the analysed spec has ``version`` 0 and no
+        ``function_ref``: enough to check a call's arguments before anything is written.
+        """
+        if isinstance(target, str):
+            return self.get(target)
+        fn = target
+        if not builtins.callable(fn):
+            raise ValidationError(f"expected a function, got {type(fn).__name__}")
+        if registered and name is None:
+            hit = self._by_fn.get(id(fn))
+            if hit is not None and hit[0] is fn:
+                return hit[1]
         mark: CallableMark | None = getattr(fn, "__forseti_callable__", None)
         label = _check_name(name) if name is not None else (mark.name if mark else _default_name(fn))
         about = description if description is not None else (mark.description if mark else "")
         params, var_kw, returns = analyse(fn, label)
-        digest = code_hash(fn)
         is_async = inspect.iscoroutinefunction(fn) or (
             not inspect.isfunction(fn) and inspect.iscoroutinefunction(type(fn).__call__)
         )
-        with self._lock:
-            current = self._current.get(label)
-            if current is not None and current.code_hash == digest and current.fn is fn:
-                return current
-            version, ref = self._persist(label, fn, digest, is_async, about)
-            spec = FunctionSpec(
-                name=label,
-                version=version,
-                fn=fn,
-                is_async=is_async,
-                params=params,
-                by_name={p.name: p for p in params},
-                var_keyword=var_kw,
-                returns=returns,
-                signature=_signature(fn),
-                code_hash=digest,
-                description=about,
-                function_ref=ref,
-            )
-            self._versions.setdefault(label, {})[version] = spec
-            self._current[label] = spec
-            self._by_fn[id(fn)] = (fn, spec)
-        if current is not None and current.version != version:
-            logger.info("callable %r hot-swapped: version %d -> %d", label, current.version, version)
-        return spec
+        return FunctionSpec(
+            name=label,
+            version=0,
+            fn=fn,
+            is_async=is_async,
+            params=params,
+            by_name={p.name: p for p in params},
+            var_keyword=var_kw,
+            returns=returns,
+            signature=_signature(fn),
+            code_hash=code_hash(fn),
+            description=about,
+            function_ref=None,
+        )
 
     def _persist(
         self, name: str, fn: Callable[..., Any], digest: str, is_async: bool, about: str

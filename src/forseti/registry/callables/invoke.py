@@ -55,7 +55,6 @@ class Invocation:
     started_at: datetime | None = None
     t0: float = 0.0
     token: Token[Event | None] | None = None
-    started: CallStarted | None = None
 
     @property
     def record_ref(self) -> EntityRef:
@@ -67,9 +66,8 @@ class Invocation:
     def start(self) -> None:
         """Publish ``CallStarted``; events published until the call ends are caused by it."""
         started = CallStarted(function=self.spec.label, subject=self.record_ref, inputs=self.inputs)
-        # delivered now, logged with the call's outcome (one transaction, no extra write)
-        self.reg.bus.publish_persisted(started)
-        self.started = started
+        # logged with the call's outcome: see complete()
+        self.reg.bus.publish(started)
         self.token = _CURRENT.set(started)
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
@@ -88,9 +86,11 @@ class Invocation:
         duration = time.perf_counter() - self.t0
         spec = self.spec
         if spec.returns and not isinstance(result, spec.returns):
+            declared = " or ".join(
+                "None" if t is type(None) else t.__name__ for t in spec.returns
+            )
             raise ValidationError(
-                f"{spec.label} is declared to return "
-                f"{' or '.join(t.__name__ for t in spec.returns)} but returned "
+                f"{spec.label} is declared to return {declared} but returned "
                 f"{type(result).__name__}"
             )
         outs = collect_outputs(self.reg, result, self.inputs)
@@ -118,7 +118,9 @@ class Invocation:
         drafts = [*outs.drafts, record]
         if also is not None:
             drafts.extend(also(record, outs))
-        self.reg.commit_many(drafts, events=[event], delivered=self._started())
+        # CallStarted and whatever the function published are written in this transaction,
+        # ahead of the outcome, so the log keeps the call's events in publication order
+        self.reg._commit(drafts, events=[event], with_published=True)
         return outs.value, record
 
     def fail(self, exc: BaseException, also: Extra | None = None) -> CallRecord | None:
@@ -156,15 +158,12 @@ class Invocation:
         if also is not None:
             drafts.extend(also(record, None))
         try:
-            self.reg.commit_many(drafts, events=[event], delivered=self._started())
+            self.reg._commit(drafts, events=[event], with_published=True)
         except Exception:
             logger.warning("could not record the failure of %s", self.spec.label, exc_info=True)
             return None
         return record
 
-
-    def _started(self) -> tuple[Event, ...]:
-        return () if self.started is None else (self.started,)
 
 
 def _record(**fields: Any) -> CallRecord:

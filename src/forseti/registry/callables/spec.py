@@ -7,6 +7,7 @@ looks things up (the trivial-function overhead budget is tens of microseconds).
 from __future__ import annotations
 
 import collections.abc
+import functools
 import hashlib
 import inspect
 import textwrap
@@ -63,7 +64,9 @@ class FunctionSpec:
     by_name: dict[str, Param]
     #: ``**kwargs`` parameter, if any
     var_keyword: Param | None
-    returns: tuple[type[Entity], ...]
+    #: what the call may return when the annotation names entity types (``None`` included
+    #: for an optional one); empty: not checked
+    returns: tuple[type[Any], ...]
     signature: str
     code_hash: str
     description: str
@@ -84,14 +87,16 @@ class FunctionSpec:
         object.__setattr__(self, "_positional", tuple(p for p in self.params if p.positional))
 
 
-def analyse(fn: Callable[..., Any], name: str) -> tuple[tuple[Param, ...], Param | None, tuple[type[Entity], ...]]:
+def analyse(
+    fn: Callable[..., Any], name: str
+) -> tuple[tuple[Param, ...], Param | None, tuple[type[Any], ...]]:
     """The parameters of ``fn`` (positional ones first) and the entity types it returns."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"cannot read the signature of {name!r}: {exc}") from None
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(_annotated(fn))
     except Exception as exc:  # a name in an annotation that cannot be resolved
         raise ValidationError(
             f"cannot resolve the type hints of {name!r} ({type(exc).__name__}: {exc}); "
@@ -106,8 +111,23 @@ def analyse(fn: Callable[..., Any], name: str) -> tuple[tuple[Param, ...], Param
             var_keyword = param
         else:
             params.append(param)
-    returns = _entity_types(hints.get("return", _EMPTY))[0]
+    types_, many, optional = _entity_types(hints.get("return", _EMPTY))
+    returns: tuple[type[Any], ...] = ()
+    if types_ and not many:  # checked when the call returns; a list of entities is not
+        returns = (*types_, type(None)) if optional else types_
     return tuple(params), var_keyword, returns
+
+
+def _annotated(fn: Callable[..., Any]) -> Any:
+    """Where ``fn``'s annotations live: the function a partial wraps, a callable object's
+    ``__call__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn):
+        return fn
+    if inspect.isclass(fn):
+        return fn.__init__
+    return type(fn).__call__
 
 
 def _param(p: inspect.Parameter, annotation: Any, fname: str) -> Param:
@@ -171,7 +191,12 @@ def _entity_types(annotation: Any) -> tuple[tuple[type[Entity], ...], bool, bool
 def code_hash(fn: Callable[..., Any]) -> str:
     """sha256 of the function's source, or of its bytecode and constants when there is none."""
     h = hashlib.sha256()
-    target = inspect.unwrap(fn)
+    target: Any = inspect.unwrap(fn)
+    while isinstance(target, functools.partial):  # the wrapped code and the bound arguments
+        h.update(repr((target.args, sorted(target.keywords.items()))).encode())
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = type(target)  # a callable object: its class's code
     try:
         h.update(textwrap.dedent(inspect.getsource(target)).encode())
     except (OSError, TypeError):
