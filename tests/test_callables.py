@@ -348,11 +348,12 @@ def test_hot_swap_records_the_version_that_ran(reg: fs.EntityRegistry) -> None:
     assert [f.version for f in history] == [1, 2]
     assert [r.function for r in records] == [history[0].ref, history[1].ref] * 2
 
-    # registering version 1's code after version 2 commits it as the next version (3)
-    assert reg.callables.register(swap_v1, "tests.swap").version == 3
+    # swapping version 1's code back in makes version 1 current again: a version is its code
+    assert reg.callables.register(swap_v1, "tests.swap").version == 1
     assert reg.callables.get("tests.swap").fn is swap_v1
     c = reg.call("tests.swap", c)
-    assert c.n == 23 and reg.callables.records("tests.swap")[-1].function_version == 3
+    assert c.n == 23 and reg.callables.records("tests.swap")[-1].function_version == 1
+    assert [f.version for f in reg.callables.history("tests.swap")] == [1, 2]  # nothing new
 
 
 def test_unknown_version_is_a_clear_not_found_error(reg: fs.EntityRegistry) -> None:

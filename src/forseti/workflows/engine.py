@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 
 from ..entities import Entity, EntityRef, utcnow
-from ..errors import NotFoundError, ValidationError
+from ..errors import ConflictError, NotFoundError, ValidationError
 from ..events import Event
 from ..registry.callables import CallRecord, FunctionSpec, prepare
 from ..registry.callables.addresses import follow_path
@@ -72,16 +72,14 @@ async def resume_run(
 ) -> WorkflowResult:
     """Continue a stored run from its last completed step."""
     head = await _io(reg, _load_head, reg, run)
+    if head.status == "completed":  # nothing to run: no functions needed
+        return await _io(reg, _completed_result, reg, head)
     definition = await _io(reg, reg.get, head.workflow)
     if not isinstance(definition, WorkflowEntity):
         raise ValidationError(f"run {head.ref} names {definition.ref}, which is not a workflow")
     engine_plan = await _io(
         reg, plan_from_spec, reg, head.name, definition_spec(definition)
     )
-    if head.status == "completed":
-        engine = _Engine(reg, engine_plan, head)
-        engine.restore()
-        return engine.result()
     compensated = [s.name for s in head.steps if s.status in ("compensated", "compensation_failed")]
     if compensated:
         raise ValidationError(
@@ -100,6 +98,17 @@ async def resume_run(
         finished_at=None,
     )
     return await _Engine(reg, engine_plan, draft).execute(raise_on_failure)
+
+
+def _completed_result(reg: EntityRegistry, head: WorkflowRunEntity) -> WorkflowResult:
+    outputs = {}
+    for state in head.steps:
+        if state.status == "completed":
+            try:
+                outputs[state.name] = decode_value(reg, state.output)
+            except NotFoundError:
+                pass  # an output that could not be stored
+    return WorkflowResult(head, outputs)
 
 
 def _load_head(reg: EntityRegistry, run: Any) -> WorkflowRunEntity:
@@ -132,6 +141,8 @@ class _Engine:
         self.done = {s.name: anyio.Event() for s in plan.steps}
         self.failed: str | None = None
         self.error: BaseException | None = None
+        #: set when a commit of the run's state found its head moved by another writer
+        self.taken_over: ConflictError | None = None
         self.lock = anyio.Lock()
         self.limiter = anyio.CapacityLimiter(plan.max_concurrency)
         self.t0 = time.perf_counter()
@@ -152,6 +163,15 @@ class _Engine:
             for step in self.plan.steps:
                 if step.name not in self.restored:
                     tg.start_soon(self._run_step, step)
+        if self.taken_over is not None:
+            # another process drove this run meanwhile: its state is theirs to finish
+            raise ConflictError(
+                f"workflow run {self.head.lineage_id} was advanced by another writer (another "
+                f"resume?); this attempt stopped without changing it further",
+                lineage_id=self.head.lineage_id,
+                expected=self.taken_over.expected,
+                actual=self.taken_over.actual,
+            ) from self.taken_over
         compensated: list[str] = []
         if self.failed is not None:
             compensated = await self._compensate()
@@ -245,8 +265,11 @@ class _Engine:
         except Exception as exc:  # the step failed: recorded, then the run compensates
             if self.failed is None:
                 self.failed, self.error = step.name, exc
-            if self.head.step(step.name).status != "failed":
-                await self._update(step.name, status="failed", error=_text(exc))
+            if self.head.step(step.name).status != "failed" and self.taken_over is None:
+                try:
+                    await self._update(step.name, status="failed", error=_text(exc))
+                except ConflictError as conflict:
+                    self.taken_over = conflict
         finally:
             self.done[step.name].set()
 
@@ -340,7 +363,7 @@ class _Engine:
                     for k, v in args.items()
                     if k in comp.by_name or comp.var_keyword is not None
                 }
-                if "output" in comp.by_name:
+                if "output" in comp.by_name or comp.var_keyword is not None:
                     kwargs["output"] = await _io(self.reg, self._output, name)
                 await self._invoke(
                     comp,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,7 @@ class Workflow:
         name: str | None = None,
         after: Iterable[Step | str] = (),
         on_failure: str | Callable[..., Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
         **args: Any,
     ) -> Step:
         """Add a step calling ``target`` (a registered name, ``"name@version"`` or a function)
@@ -115,8 +116,18 @@ class Workflow:
         ``name`` defaults to the callable's name and must be unique in the workflow. ``after``
         adds ordering without passing data. ``on_failure`` names a callable run if the workflow
         fails after this step completed; it receives, by parameter name, this step's arguments
-        and ``output`` (what this step returned).
+        and ``output`` (what this step returned). ``inputs`` passes arguments by a mapping too
+        (for parameters named ``name``, ``after``, ``on_failure`` or ``inputs``).
         """
+        if not isinstance(target, str) and not builtins.callable(target):
+            raise ValidationError(f"a step runs a callable's name or a function, got {target!r}")
+        if inputs is not None:
+            overlap = set(inputs) & set(args)
+            if overlap:
+                raise ValidationError(
+                    f"argument(s) {', '.join(sorted(overlap))} given both in inputs and by keyword"
+                )
+            args = {**inputs, **args}
         label = name or _callable_name(target)
         if not _NAME.match(label):
             raise ValidationError(f"step name {label!r} is not a short identifier")

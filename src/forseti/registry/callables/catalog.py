@@ -91,9 +91,10 @@ class CallableRegistry:
     """Named, versioned functions of one registry (``reg.callables``).
 
     Register with :meth:`register` (or ``@fs.callable`` and :meth:`include`), call with
-    ``reg.call("name", ...)``. Each name is a :class:`FunctionEntity` lineage in the store:
-    registering different code under a name commits its next version (a hot swap), the same code
-    keeps the current one. ``reg.call("name@2", ...)`` calls an older version registered in this
+    ``reg.call("name", ...)``. Each name is a :class:`FunctionEntity` lineage in the store, one
+    version per distinct code: registering new code under a name commits its next version (a hot
+    swap); code that a version already has (the current one, or an older one swapped back in)
+    registers as that version. ``reg.call("name@2", ...)`` calls an older version registered in this
     process. Every call leaves a :class:`CallRecord` naming the version that ran.
     """
 
@@ -200,7 +201,14 @@ class CallableRegistry:
                 elif heads[0].code_hash == digest:
                     entity = heads[0]
                 else:
-                    entity = self._reg.commit(heads[0].evolve(**fields))
+                    # code an earlier version had (swapped back, or a resumed workflow's pinned
+                    # version) is that version again; new code is the next one
+                    earlier = [
+                        v
+                        for v in self._reg.history(heads[0].lineage_id)
+                        if isinstance(v, FunctionEntity) and v.code_hash == digest
+                    ]
+                    entity = earlier[-1] if earlier else self._reg.commit(heads[0].evolve(**fields))
             except ConflictError:
                 continue
             return entity.version, entity.ref
