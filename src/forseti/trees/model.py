@@ -56,6 +56,7 @@ class EntityTree:
         # child lists of the edges of some kinds only; the shape never changes, so kept
         self._by_kinds: dict[frozenset[str], list[list[int]]] = {}
         seen: set[tuple[int, int, str, str]] = set()
+        pairs: set[tuple[int, int]] = set()
         for edge in edges:
             p, c, kind, relation = self._check_edge(edge)
             if (p, c, kind, relation) in seen:
@@ -63,7 +64,8 @@ class EntityTree:
             seen.add((p, c, kind, relation))
             self._out[p].append((c, kind, relation))
             self._in[c].append((p, kind, relation))
-            if c not in self._kids[p]:
+            if (p, c) not in pairs:  # a set: a root with 10k children stays linear
+                pairs.add((p, c))
                 self._kids[p].append(c)
         self._validate()
 
