@@ -70,12 +70,12 @@ def _section(text: str, start: str, end: str) -> str:
     return text[text.index(start) : text.index(end)]
 
 
-def test_demo_runs_twice_on_one_store_then_info_and_history(tmp_path: Path) -> None:
+def test_tour_runs_twice_on_one_store_then_info_and_history(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    outputs = [_ok(_run(["-m", "forseti", "demo", "--url", url], cwd=tmp_path)) for _ in range(2)]
+    outputs = [_ok(_run(["-m", "forseti", "tour", "--url", url], cwd=tmp_path)) for _ in range(2)]
 
     for n, out in enumerate(outputs, start=1):
-        assert f"Forseti demo #{n}" in out
+        assert f"Forseti tour #{n}" in out
         # the stale draft and the stale alias move are refused with their versions
         assert "ConflictError: the draft expected head v2, the store has v3" in out
         assert "expected revision 1, actual 2" in out
@@ -112,16 +112,44 @@ def test_demo_runs_twice_on_one_store_then_info_and_history(tmp_path: Path) -> N
     ]
 
 
-def test_demo_on_the_default_store_uses_the_working_directory(tmp_path: Path) -> None:
-    out = _ok(_run(["-m", "forseti", "demo"], cwd=tmp_path))
+def test_demo_trains_gspo_on_the_default_store_then_shows_the_lineage(tmp_path: Path) -> None:
+    """`make demo`: GSPO on the embedded SQLite store (a short run here; 200 steps by default)."""
+    outputs = [
+        _ok(_run(["-m", "forseti", "demo", "--steps", "8"], cwd=tmp_path)) for _ in range(2)
+    ]
+    db = tmp_path / ".forseti" / "forseti.db"
+    assert db.is_file() and (tmp_path / ".forseti" / "blobs").is_dir()
+    for n, out in enumerate(outputs, start=1):
+        assert "GSPO learns to reverse four digits" in out
+        assert f"sqlite:///{db}" in out
+        curve = _section(out, "Learning curve", "Answers of the trained policy")
+        assert re.search(r"\b8\b", curve), curve  # the last step is in the table
+        lineage = _section(out, "Lineage of the final checkpoint's model", "Where it is stored")
+        assert f"Model 'reverse-demo-{n}-policy' v1" in lineage
+        assert f"GSPOTrainingRun 'reverse-demo-{n}'" in lineage
+        assert lineage.count("Checkpoint step") == 4  # every 2 steps, the last at the end
+        weights = re.search(r"weights:\s+(\S+)", out)
+        assert weights is not None and Path(weights[1]).is_file()
+        assert str(tmp_path / ".forseti" / "blobs") in weights[1]
+        ref = re.search(r"forseti lineage (\S+) --url", out)
+        assert ref is not None
+        provenance = _ok(_run(["-m", "forseti", "lineage", ref[1]], cwd=tmp_path))
+        assert "GSPOConfig" in provenance and f"reverse-demo-{n}" in provenance
+
+
+def test_tour_on_the_default_store_uses_the_working_directory(tmp_path: Path) -> None:
+    out = _ok(_run(["-m", "forseti", "tour"], cwd=tmp_path))
     assert f"sqlite:///{tmp_path / '.forseti' / 'forseti.db'}" in out
     assert (tmp_path / ".forseti" / "forseti.db").is_file()
     assert (tmp_path / ".forseti" / "blobs").is_dir()
 
 
 def test_cli_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--url", "memory://", "--plain"]) == 0
-    assert "gone when the demo exits" in capsys.readouterr().out
+    assert main(["tour", "--url", "memory://", "--plain"]) == 0
+    assert "gone when the tour exits" in capsys.readouterr().out
+    assert main(["demo", "--url", "memory://", "--plain", "--steps", "2"]) == 0
+    assert "GSPO learns to reverse" in capsys.readouterr().out
+    assert main(["demo", "--url", "memory://", "--steps", "0"]) == 1
     assert main(["info", "--url", "memory://", "--plain"]) == 0
     assert "0 in all" in capsys.readouterr().out
 

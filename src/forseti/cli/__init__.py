@@ -1,6 +1,7 @@
 """The ``forseti`` command.
 
-``forseti demo``     the end-to-end demo (what ``make demo`` runs) on the embedded default store
+``forseti demo``     GSPO teaches a tiny model to reverse digits, then its lineage (``make demo``)
+``forseti tour``     a tour of the registry: provenance, aliases, conflicts, events, operations
 ``forseti info``     where a store lives, its schema version, how many lineages of each type
 ``forseti history``  every version of one lineage and what changed in each
 ``forseti lineage``  the tree of a version: a model's evolution, a pipeline's stages, runs and
@@ -28,7 +29,7 @@ from ..registry import SCHEMA_VERSION, EntityRegistry
 from ..trees import EntityTree, model_lineage, pipeline_tree
 from ..trees.discover import resolve
 from ..trees.labels import node_label
-from .demo import DemoFailure, run_demo
+from .demo import DemoFailure, run_tour
 from .output import Printer, blob_root, history_table, kind, label
 
 __all__ = ["main"]
@@ -107,6 +108,12 @@ def _cmd_lineage(args: argparse.Namespace, out: Printer) -> int:
 # -- forseti demo ----------------------------------------------------------------------------
 
 
+def _cmd_demo(args: argparse.Namespace, out: Printer) -> int:
+    from .gspo_demo import run_gspo_demo  # imports torch: only when asked for
+
+    return run_gspo_demo(args, out)
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -128,9 +135,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
-        "demo", parents=[common], help="run the end-to-end demo (what `make demo` runs)"
+        "demo",
+        parents=[common],
+        help="train a tiny model to reverse digits with GSPO, then show its lineage "
+        "(what `make demo` runs)",
     )
-    demo.set_defaults(func=run_demo)
+    demo.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.set_defaults(func=_cmd_demo)
+
+    tour = sub.add_parser(
+        "tour",
+        parents=[common],
+        help="a tour of the registry: entities, provenance, aliases, conflicts, events, operations",
+    )
+    tour.set_defaults(func=run_tour)
 
     info = sub.add_parser(
         "info", parents=[common], help="store URL, schema version, lineages by type"

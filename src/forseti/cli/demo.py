@@ -1,4 +1,5 @@
-"""``forseti demo``: the end-to-end tour that ``make demo`` runs, checking its own claims."""
+"""``forseti tour``: a tour of the registry (entities, provenance, aliases, conflicts, events,
+operations), checking its own claims as it goes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..entities import Entity, utcnow
 from ..errors import ConflictError, NotFoundError
 from .output import Printer, blob_location, blob_root, fmt, history_table, kind, label
 
-__all__ = ["run_demo", "DemoFailure"]
+__all__ = ["run_tour", "DemoFailure"]
 
 _DEMO_PREFIX = "demo-"
 
@@ -72,7 +73,7 @@ def _toy_safetensors(seed: int) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-def run_demo(args: argparse.Namespace, out: Printer) -> int:
+def run_tour(args: argparse.Namespace, out: Printer) -> int:
     with fs.open(args.url) as reg:
         return _demo(reg, out)
 
@@ -80,7 +81,7 @@ def run_demo(args: argparse.Namespace, out: Printer) -> int:
 def _demo(reg: fs.EntityRegistry, out: Printer) -> int:  # noqa: PLR0915 - a script, top to bottom
     n = _demo_number(reg)
     p = f"{_DEMO_PREFIX}{n}"
-    out.title(f"Forseti demo #{n}")
+    out.title(f"Forseti tour #{n}")
     out.line(f"Store: {reg.url}")
     out.line(
         f"This run's entities are named {p}-*; each run of the demo adds fresh ones "
@@ -330,8 +331,8 @@ def _demo(reg: fs.EntityRegistry, out: Printer) -> int:  # noqa: PLR0915 - a scr
 
     out.section("Try next")
     if reg.store.dialect == "memory":
-        out.line("  This store was memory://, so it is gone when the demo exits. Run it on a file:")
-        out.line("  forseti demo --url sqlite:///demo.db")
+        out.line("  This store was memory://, so it is gone when the tour exits. Run it on a file:")
+        out.line("  forseti tour --url sqlite:///demo.db")
     else:
         out.line(f"  forseti history {model.lineage_id} --url {reg.url}")
         out.line(f"  forseti info --url {reg.url}")

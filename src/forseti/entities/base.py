@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import typing
 from collections.abc import Iterator
@@ -231,8 +232,32 @@ SYSTEM_FIELDS: tuple[str, ...] = tuple(Entity.model_fields)
 _TYPES["forseti.Entity"] = Entity
 
 
+#: Forseti's own types defined in packages that are not imported with ``forseti`` (they need
+#: torch): a stored version of one imports its package on first read
+LAZY_TYPE_PACKAGES: dict[str, str] = {"forseti.gspo.": "forseti.gspo"}
+
+
+def import_for(name: str) -> bool:
+    """Import the Forseti package that defines type or topic ``name``, if it is one of those
+    loaded lazily; whether something was imported."""
+    for prefix, package in LAZY_TYPE_PACKAGES.items():
+        if name.startswith(prefix):
+            try:
+                importlib.import_module(package)
+            except ImportError:  # e.g. torch is not installed: the type stays unknown
+                logger.debug("could not import %s for %s", package, name, exc_info=True)
+                return False
+            return True
+    return False
+
+
 def entity_type(name: str) -> type[Entity]:
     """The entity class registered under ``name``; :class:`UnknownEntityTypeError` if none."""
+    cls = _TYPES.get(name)
+    if cls is None and import_for(name):
+        cls = _TYPES.get(name)
+    if cls is not None:
+        return cls
     try:
         return _TYPES[name]
     except KeyError:

@@ -21,6 +21,7 @@ from uuid import UUID
 import msgspec
 
 from ..entities import EntityRef
+from ..entities.base import import_for
 from ..entities.typenames import register_name
 from ..errors import NotFoundError, ValidationError
 
@@ -127,6 +128,8 @@ _TOPICS[Event.topic] = Event
 
 def event_type(topic: str) -> type[Event]:
     """The event class registered for ``topic``; :class:`UnknownEventTopicError` if none."""
+    if topic not in _TOPICS:
+        import_for(topic)
     try:
         return _TOPICS[topic]
     except KeyError:
