@@ -136,7 +136,9 @@ def check_loss_inputs(
                 ~torch.isfinite(t) & m
             ).any(dim=-1)
     flags = torch.stack(list(checks.values()))
-    if bool(flags.any()):
+    # on an accelerator, reading the flags would stall the update loop (a host sync per
+    # minibatch): shapes and dtypes are still checked there, values only on the CPU
+    if flags.device.type == "cpu" and bool(flags.any()):
         for (what, rows), bad in zip(checks.items(), flags.any(dim=-1).tolist(), strict=True):
             if bad:
                 raise ValidationError(f"sequence(s) {first_true(rows)} (row index) {what}")

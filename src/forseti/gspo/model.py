@@ -255,7 +255,8 @@ class TinyCausalLM(nn.Module):
                 f"sequence of {S} tokens ({T_past} cached + {T} new) exceeds "
                 f"max_seq_len={cfg.max_seq_len}"
             )
-        if bool(((input_ids < 0) | (input_ids >= cfg.vocab_size)).any()):
+        on_cpu = input_ids.device.type == "cpu"  # value checks would be host syncs elsewhere
+        if on_cpu and bool(((input_ids < 0) | (input_ids >= cfg.vocab_size)).any()):
             raise ValidationError(f"input_ids must lie in [0, {cfg.vocab_size})")
         if attention_mask is not None:
             if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, S):
@@ -268,7 +269,7 @@ class TinyCausalLM(nn.Module):
                 raise ValidationError(f"position_ids must be (batch, new) = {(B, T)}")
             if position_ids.dtype not in (torch.int64, torch.int32):
                 raise ValidationError("position_ids must be an int64 (or int32) tensor")
-            if bool(((position_ids < 0) | (position_ids >= cfg.max_seq_len)).any()):
+            if on_cpu and bool(((position_ids < 0) | (position_ids >= cfg.max_seq_len)).any()):
                 raise ValidationError(f"position_ids must lie in [0, {cfg.max_seq_len})")
         return T_past
 
