@@ -208,3 +208,16 @@ def test_rewards_from_a_real_generation() -> None:
         for p, r in zip(gen.prompt_lists(), responses, strict=True)
     ]
     torch.testing.assert_close(rewards, torch.tensor(expected))
+
+
+def test_get_task_picks_a_built_in_reward_by_name() -> None:
+    from forseti.gspo.tasks import EOS, ExactMatchReward, PartialCreditReward, get_task
+
+    exact = get_task("reverse", reward="exact")
+    assert isinstance(exact.reward, ExactMatchReward)
+    assert isinstance(get_task("reverse", reward="partial").reward, PartialCreditReward)
+    prompt = [10, 1, 2, 3, 4, 11]
+    assert exact.reward([prompt], [[4, 3, 2, 1, EOS]]).tolist() == [1.0]
+    assert exact.reward([prompt], [[4, 3, 2, 0, EOS]]).tolist() == [0.0]  # no partial credit
+    with pytest.raises(ValidationError, match="unknown reward"):
+        get_task("reverse", reward="sparse")

@@ -294,11 +294,27 @@ class CountTask(Task):
 _TASKS: dict[str, type[Task]] = {"target": TargetTask, "reverse": ReverseTask, "count": CountTask}
 
 
+_REWARDS: dict[str, type[PartialCreditReward] | type[ExactMatchReward]] = {
+    "partial": PartialCreditReward,
+    "exact": ExactMatchReward,
+}
+
+
 def get_task(name: str, **kwargs: Any) -> Task:
-    """Build a task by name: ``"target"``, ``"reverse"`` or ``"count"``."""
+    """Build a task by name: ``"target"``, ``"reverse"`` or ``"count"``.
+
+    ``reward="partial"`` (the default) or ``reward="exact"`` (0/1, the negative control) picks a
+    built-in reward by name, so a run's ``GSPOConfigEntity.task_params`` can name it.
+    """
     if name not in _TASKS:
         raise ValidationError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
+    reward = kwargs.pop("reward", None)
+    if reward is not None and reward not in _REWARDS:
+        raise ValidationError(f"unknown reward {reward!r}; known: {', '.join(sorted(_REWARDS))}")
     try:
-        return _TASKS[name](**kwargs)
+        task = _TASKS[name](**kwargs)
     except TypeError as exc:
         raise ValidationError(f"bad arguments for task {name!r}: {exc}") from None
+    if reward is not None:
+        task.reward_fn = _REWARDS[reward](task.target)
+    return task
