@@ -97,8 +97,9 @@ class GSPOTrainer:
         return self.reg.add(entity)
 
     def _begin(self, total_steps: int) -> GSPOTrainingRunEntity:
+        run: GSPOTrainingRunEntity
         if self.run is None:
-            self.run = self.reg.add(
+            run = self.reg.add(
                 GSPOTrainingRunEntity(
                     name=self.run_name,
                     task=self.config.task,
@@ -112,27 +113,26 @@ class GSPOTrainer:
             )
         else:
             head = self.reg.get(self.run.lineage_id)
-            self.run = self.reg.commit(  # type: ignore[assignment]
+            run = self.reg.commit(  # type: ignore[assignment]
                 head.evolve(status="running", total_steps=total_steps, finished_at=None)
             )
-        assert self.run is not None
+        self.run = run
         self.reg.bus.publish(
             GSPOTrainingStarted(
                 run_name=self.run_name,
                 task=self.config.task,
                 step=self.state.step,
                 total_steps=total_steps,
-                subject=self.run.ref,
+                subject=run.ref,
             )
         )
-        return self.run
+        return run
 
-    def checkpoint(self, metrics: dict[str, float], *, final: bool = False,
-                   events: tuple[Event, ...] = ()) -> CheckpointEntity:
+    def checkpoint(
+        self, metrics: dict[str, float], *, final: bool = False, events: tuple[Event, ...] = ()
+    ) -> CheckpointEntity:
         """Commit a checkpoint (weights and training state as blobs) with the run's next version."""
-        run = self.run
-        if run is None:
-            raise ValidationError("the run has not started: call train() first")
+        run = self._current_run()
         step = self.state.step
         meta = {
             "format": "forseti.gspo/1",
@@ -174,11 +174,11 @@ class GSPOTrainer:
             raise ValidationError(
                 f"this run is at step {self.state.step}, past total_steps={total_steps}"
             )
-        self._begin(total_steps)
+        run = self._begin(total_steps)
         every = self.config.checkpoint_every
         t0 = time.perf_counter()
         first = self.state.step
-        metrics: dict[str, float] = dict(self.run.metrics) if self.run else {}
+        metrics: dict[str, float] = dict(run.metrics)
         with self._progress(total_steps) as advance:
             while self.state.step < total_steps:
                 t = time.perf_counter()
@@ -202,9 +202,17 @@ class GSPOTrainer:
             subject=self.run_ref,
         )
         self.checkpoint(metrics, final=True, events=(done,))
-        logger.info("GSPO run %s: %d steps in %.1f s", self.run_name, self.state.step - first,
-                    time.perf_counter() - t0)
-        assert self.run is not None
+        logger.info(
+            "GSPO run %s: %d steps in %.1f s",
+            self.run_name,
+            self.state.step - first,
+            time.perf_counter() - t0,
+        )
+        return self._current_run()
+
+    def _current_run(self) -> GSPOTrainingRunEntity:
+        if self.run is None:
+            raise ValidationError("the run has not started: call train() first")
         return self.run
 
     @property
@@ -265,8 +273,9 @@ class GSPOTrainer:
             progress=progress,
         )
         load_weights(reg, ckpt.weights, trainer.policy)
-        load_training_state(reg, ckpt.optimizer_state, trainer.state.optimizer,
-                            trainer.state.generators)
+        load_training_state(
+            reg, ckpt.optimizer_state, trainer.state.optimizer, trainer.state.generators
+        )
         trainer.state.step = ckpt.step
         trainer.run = reg.get(run.lineage_id)  # type: ignore[assignment]
         return trainer
