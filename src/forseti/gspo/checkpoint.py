@@ -68,11 +68,17 @@ def save_weights(
     return reg.put_blob(data, format=_FORMAT)
 
 
-def load_weights(reg: EntityRegistry, blob: BlobRef, module: torch.nn.Module) -> dict[str, str]:
-    """Load weights into ``module`` (hash verified first); return the file's metadata."""
+def load_weights(
+    reg: EntityRegistry, blob: BlobRef, module: torch.nn.Module, *, data: bytes | None = None
+) -> dict[str, str]:
+    """Load weights into ``module`` (hash verified first); return the file's metadata.
+
+    ``data`` is the blob's content when the caller has read (and so verified) it already.
+    """
     if blob.format != _FORMAT:
         raise ValidationError(f"weights are stored as {blob.format!r}, not safetensors")
-    data = reg.read_blob(blob)
+    if data is None:
+        data = reg.read_blob(blob)
     state = _tensors(data, "weights")
     try:
         module.load_state_dict(state, strict=True)
@@ -111,9 +117,15 @@ def load_training_state(
     blob: BlobRef,
     optimizer: torch.optim.Optimizer,
     generators: Mapping[str, torch.Generator],
+    *,
+    data: bytes | None = None,
 ) -> dict[str, str]:
-    """Restore what :func:`save_training_state` stored (hash verified first); return metadata."""
-    data = reg.read_blob(blob)
+    """Restore what :func:`save_training_state` stored (hash verified first); return metadata.
+
+    ``data`` is the blob's content when the caller has read (and so verified) it already.
+    """
+    if data is None:
+        data = reg.read_blob(blob)
     tensors = _tensors(data, "training state")
     meta = safetensors_metadata(data)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..entities import EntityRef
 from ..events import Event
 
 __all__ = ["GSPOTrainingStarted", "GSPOStepCompleted", "GSPOTrainingCompleted"]
@@ -26,10 +27,12 @@ class GSPOStepCompleted(Event, frozen=True):
 
 
 class GSPOTrainingCompleted(Event, frozen=True):
-    """The run reached its last step; ``checkpoint`` is the final checkpoint's version."""
+    """The run reached its last step; ``checkpoint`` is the final checkpoint's version (the event
+    is written in the same transaction)."""
 
     topic = "forseti.gspo.TrainingCompleted"
     run_name: str
     step: int
     duration_s: float
     metrics: dict[str, float]
+    checkpoint: EntityRef | None = None

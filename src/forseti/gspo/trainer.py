@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import torch
 
 from ..entities import CheckpointEntity, Entity, EntityRef, ModelEntity, utcnow
@@ -59,8 +60,10 @@ class GSPOTrainer:
         progress: bool | None = None,
     ) -> None:
         self.reg = reg
-        self.config = _stored(reg, config or GSPOConfigEntity())
-        self.task = task or get_task(self.config.task, **dict(self.config.task_params))
+        cfg = config or GSPOConfigEntity()
+        # the task first: a bad task name stores nothing
+        self.task = task or get_task(cfg.task, **dict(cfg.task_params))
+        self.config = _stored(reg, cfg)
         if policy is None:
             torch.manual_seed(self.config.seed)
             self.model_config = _stored(
@@ -114,7 +117,13 @@ class GSPOTrainer:
         else:
             head = self.reg.get(self.run.lineage_id)
             run = self.reg.commit(  # type: ignore[assignment]
-                head.evolve(status="running", total_steps=total_steps, finished_at=None)
+                head.evolve(
+                    status="running",
+                    step=self.state.step,
+                    total_steps=total_steps,
+                    finished_at=None,
+                    error=None,
+                )
             )
         self.run = run
         self.reg.bus.publish(
@@ -134,11 +143,15 @@ class GSPOTrainer:
         """Commit a checkpoint (weights and training state as blobs) with the run's next version."""
         run = self._current_run()
         step = self.state.step
+        changes: dict[str, Any] = {"step": step, "metrics": metrics}
+        if final:
+            changes.update(status="completed", finished_at=utcnow())
+        draft = run.evolve(**changes)
         meta = {
             "format": "forseti.gspo/1",
             "architecture": type(self.policy).__name__,
             "step": str(step),
-            "run": str(run.ref),
+            "run": str(draft.ref),
             "model": str(self.model.ref),
             "config": str(self.config.ref),
         }
@@ -146,10 +159,6 @@ class GSPOTrainer:
         training = save_training_state(
             self.reg, self.state.optimizer, self.state.generators, meta
         )
-        changes: dict[str, Any] = {"step": step, "metrics": metrics}
-        if final:
-            changes.update(status="completed", finished_at=utcnow())
-        draft = run.evolve(**changes)
         ckpt = CheckpointEntity(
             run=draft.ref,
             model=self.model.ref,
@@ -159,7 +168,15 @@ class GSPOTrainer:
             metrics=metrics,
             derived_from=(self.config.ref,),
         )
-        new_run, stored = self.reg.commit_many([draft, ckpt], events=events)
+        events = tuple(
+            msgspec.structs.replace(e, checkpoint=ckpt.ref)
+            if isinstance(e, GSPOTrainingCompleted)
+            else e
+            for e in events
+        )
+        # the step events still buffered go into this transaction first, so the log keeps
+        # publication order (steps, then the checkpoint's versions, then events given here)
+        new_run, stored = self.reg._commit([draft, ckpt], events=events, with_published=True)
         self.run = new_run  # type: ignore[assignment]
         self.checkpoints.append(stored)  # type: ignore[arg-type]
         return stored  # type: ignore[return-value]
@@ -175,10 +192,42 @@ class GSPOTrainer:
                 f"this run is at step {self.state.step}, past total_steps={total_steps}"
             )
         run = self._begin(total_steps)
-        every = self.config.checkpoint_every
         t0 = time.perf_counter()
         first = self.state.step
         metrics: dict[str, float] = dict(run.metrics)
+        try:
+            metrics = self._loop(total_steps, metrics)
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        done = GSPOTrainingCompleted(
+            run_name=self.run_name,
+            step=self.state.step,
+            duration_s=time.perf_counter() - t0,
+            metrics=metrics,
+            subject=self.run_ref,
+        )
+        last = self.checkpoints[-1] if self.checkpoints else None
+        if last is not None and last.step == self.state.step and self.state.step == first:
+            # nothing new since the last checkpoint: mark the run completed, no duplicate blobs
+            head = self._current_run()
+            self.run = self.reg._commit(  # type: ignore[assignment]
+                [head.evolve(status="completed", finished_at=utcnow())],
+                events=(msgspec.structs.replace(done, checkpoint=last.ref),),
+                with_published=True,
+            )[0]
+        else:
+            self.checkpoint(metrics, final=True, events=(done,))
+        logger.info(
+            "GSPO run %s: %d steps in %.1f s",
+            self.run_name,
+            self.state.step - first,
+            time.perf_counter() - t0,
+        )
+        return self._current_run()
+
+    def _loop(self, total_steps: int, metrics: dict[str, float]) -> dict[str, float]:
+        every = self.config.checkpoint_every
         with self._progress(total_steps) as advance:
             while self.state.step < total_steps:
                 t = time.perf_counter()
@@ -194,21 +243,22 @@ class GSPOTrainer:
                 advance(metrics)
                 if every and self.state.step % every == 0 and self.state.step < total_steps:
                     self.checkpoint(metrics)
-        done = GSPOTrainingCompleted(
-            run_name=self.run_name,
-            step=self.state.step,
-            duration_s=time.perf_counter() - t0,
-            metrics=metrics,
-            subject=self.run_ref,
-        )
-        self.checkpoint(metrics, final=True, events=(done,))
-        logger.info(
-            "GSPO run %s: %d steps in %.1f s",
-            self.run_name,
-            self.state.step - first,
-            time.perf_counter() - t0,
-        )
-        return self._current_run()
+        return metrics
+
+    def _failed(self, exc: BaseException) -> None:
+        """Record that the run stopped with an error (best effort; the error propagates)."""
+        try:
+            head = self.reg.get(self._current_run().lineage_id)
+            self.run = self.reg.commit(  # type: ignore[assignment]
+                head.evolve(
+                    status="failed",
+                    step=self.state.step,
+                    error=f"{type(exc).__name__}: {exc}"[:2000] or type(exc).__name__,
+                    finished_at=utcnow(),
+                )
+            )
+        except Exception:  # noqa: BLE001 - the original error matters more
+            logger.warning("could not mark run %s failed", self.run_name, exc_info=True)
 
     def _current_run(self) -> GSPOTrainingRunEntity:
         if self.run is None:
@@ -272,9 +322,15 @@ class GSPOTrainer:
             device=device,
             progress=progress,
         )
-        load_weights(reg, ckpt.weights, trainer.policy)
+        # both blobs are read (and their hashes verified) before anything is loaded
+        weights, training = reg.read_blob(ckpt.weights), reg.read_blob(ckpt.optimizer_state)
+        load_weights(reg, ckpt.weights, trainer.policy, data=weights)
         load_training_state(
-            reg, ckpt.optimizer_state, trainer.state.optimizer, trainer.state.generators
+            reg,
+            ckpt.optimizer_state,
+            trainer.state.optimizer,
+            trainer.state.generators,
+            data=training,
         )
         trainer.state.step = ckpt.step
         trainer.run = reg.get(run.lineage_id)  # type: ignore[assignment]
