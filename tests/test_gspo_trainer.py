@@ -766,3 +766,29 @@ def test_training_to_the_step_already_reached_adds_no_checkpoint() -> None:
     assert len(trainer.checkpoints) == blobs_before == 1
     assert again.status == "completed" and again.step == 2
     assert reg.get(again.lineage_id).version == again.version
+
+
+def test_beta_adds_a_kl_term_to_a_frozen_reference_that_resumes_exactly() -> None:
+    reg = fs.open("memory://")
+    full = GSPOTrainer(reg, config=small(beta=0.5, checkpoint_every=2), progress=False)
+    full.train(4)
+    kls = [h["kl"] for h in full.history]
+    assert all(k > 0 for k in kls)  # every step but the very first minibatch has moved away
+    assert kls[0] < kls[-1]  # and it drifts further over the run
+    reference = full.state.reference
+    assert reference is not None and all(not p.requires_grad for p in reference.parameters())
+    assert_same_tensors(weights(reference), weights(fresh_policy(5)))  # the starting policy
+    resumed = GSPOTrainer.resume(reg, full.checkpoints[0], progress=False)  # step 2
+    resumed.train(4)
+    assert deterministic(resumed.history) == deterministic(full.history[2:])
+    assert_same_tensors(weights(resumed.policy), weights(full.policy))
+
+
+def test_ratio_extremes_are_over_the_whole_step() -> None:
+    from forseti.gspo.step import rollout, update
+
+    trainer = GSPOTrainer(fs.open("memory://"), config=small(eps_low=0.2, eps_high=0.2), progress=False)
+    trainer.train(1)
+    metrics = update(trainer.state, rollout(trainer.state))
+    assert float(metrics["ratio_min"]) <= 1.0 <= float(metrics["ratio_max"])
+    assert float(metrics["policy_kl"]) >= 0.0

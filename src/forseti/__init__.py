@@ -90,6 +90,15 @@ from .workflows import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``fs.gspo``: imported on first use (it needs torch, which ``import forseti`` does not)."""
+    if name == "gspo":
+        import importlib
+
+        return importlib.import_module("forseti.gspo")
+    raise AttributeError(f"module 'forseti' has no attribute {name!r}")
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [

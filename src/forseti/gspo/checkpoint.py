@@ -92,10 +92,15 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     generators: Mapping[str, torch.Generator],
     metadata: Mapping[str, str],
+    reference: torch.nn.Module | None = None,
 ) -> BlobRef:
-    """Store the optimizer's state and the generators' states as one safetensors blob."""
+    """Store the optimizer's state and the generators' states as one safetensors blob (and the
+    frozen reference policy's weights, ``reference.<name>``, when there is one)."""
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
+    if reference is not None:
+        for key, value in reference.state_dict().items():
+            tensors[f"reference.{key}"] = value.detach().cpu().contiguous().clone()
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in opt["state"].items():
         for key, value in state.items():
@@ -119,6 +124,7 @@ def load_training_state(
     generators: Mapping[str, torch.Generator],
     *,
     data: bytes | None = None,
+    reference: torch.nn.Module | None = None,
 ) -> dict[str, str]:
     """Restore what :func:`save_training_state` stored (hash verified first); return metadata.
 
@@ -143,6 +149,15 @@ def load_training_state(
         optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
     except (ValueError, KeyError) as exc:
         raise ValidationError(f"the optimizer state does not fit this optimizer: {exc}") from None
+    if reference is not None:
+        prefix = "reference."
+        ref_state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not ref_state:
+            raise IntegrityError("the training state has no reference policy (beta > 0)")
+        try:
+            reference.load_state_dict(ref_state, strict=True)
+        except RuntimeError as exc:
+            raise ValidationError(f"the reference policy does not fit this model: {exc}") from None
     for name, gen in generators.items():
         stored = tensors.get(f"rng.{name}")
         if stored is None:

@@ -8,15 +8,17 @@ Metrics stay tensors until the step ends (one host sync per step, none in the in
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ValidationError
 from .entities import GSPOConfigEntity
 from .generation import Generation, generate, sequence_logprobs
 from .loss import group_advantages, gspo_loss
-from .tasks import EOS, PAD, Task
+from .tasks import PAD, Task, reward_tensor
 
 __all__ = ["GSPOState", "Rollout", "pad_prompts", "rollout", "update", "gspo_step"]
 
@@ -36,6 +38,8 @@ class GSPOState:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     generators: dict[str, torch.Generator] = field(default_factory=dict)
     step: int = 0
+    #: a frozen copy of the starting policy, for the KL term (only when ``config.beta > 0``)
+    reference: torch.nn.Module | None = None
 
     @classmethod
     def create(
@@ -54,7 +58,10 @@ class GSPOState:
             g = torch.Generator(device="cpu" if name == "prompts" else dev)
             g.manual_seed(config.seed * 1000 + offset)
             gens[name] = g
-        return cls(policy, optimizer, task, config, dev, gens)
+        reference = None
+        if config.beta > 0:
+            reference = copy.deepcopy(policy).requires_grad_(False)
+        return cls(policy, optimizer, task, config, dev, gens, reference=reference)
 
 
 @dataclass
@@ -69,10 +76,12 @@ class Rollout:
     exact: torch.Tensor  # (N,) bool: the answer is exactly right
 
 
-def pad_prompts(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_prompts(
+    prompts: list[list[int]], device: torch.device, pad_id: int = PAD
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into ``(B, P)`` ids and a mask (1 on real tokens)."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD, dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
@@ -90,8 +99,9 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
 def rollout(state: GSPOState) -> Rollout:
     """Sample B×G responses, score them, and compute advantages and old log-probs."""
     cfg, dev, policy = state.config, state.device, state.policy
-    prompts = state.task.sample_prompts(cfg.prompts_per_step, state.generators["prompts"])
-    ids, mask = pad_prompts(prompts, dev)
+    task = state.task
+    prompts = task.sample_prompts(cfg.prompts_per_step, state.generators["prompts"])
+    ids, mask = pad_prompts(prompts, dev, task.pad_id)
     with torch.no_grad(), _autocast(dev):
         gen = generate(
             policy,
@@ -100,14 +110,14 @@ def rollout(state: GSPOState) -> Rollout:
             num_samples=cfg.group_size,
             max_new_tokens=cfg.max_new_tokens or state.task.max_new_tokens,
             temperature=cfg.temperature,
-            eos_id=EOS,
-            pad_id=PAD,
+            eos_id=task.eos_id,
+            pad_id=task.pad_id,
             generator=state.generators["sample"],
         )
     rows = [p for p in prompts for _ in range(cfg.group_size)]
     responses = _responses(gen)
-    rewards = torch.as_tensor(state.task.reward(rows, responses), dtype=torch.float32).to(dev)
-    exact = torch.as_tensor(state.task.exact(rows, responses), dtype=torch.bool).to(dev)
+    rewards = reward_tensor(task.reward(rows, responses), len(rows)).to(dev)  # checked
+    exact = torch.as_tensor(task.exact(rows, responses), dtype=torch.bool).to(dev)
     group_ids = torch.arange(len(prompts), device=dev).repeat_interleave(cfg.group_size)
     advantages = group_advantages(rewards, group_ids, eps=cfg.adv_eps)
     with torch.no_grad(), _autocast(dev):  # recomputed in fp32 by the path the update uses
@@ -148,6 +158,18 @@ def update(state: GSPOState, ro: Rollout) -> dict[str, torch.Tensor]:
                 gen.prompt_len,
                 cfg.temperature,
             )
+        ref_logp = None
+        if cfg.beta > 0:
+            if state.reference is None:
+                raise ValidationError("beta > 0 needs a reference policy (GSPOState.reference)")
+            with torch.no_grad(), _autocast(state.device):
+                ref_logp = sequence_logprobs(
+                    state.reference,
+                    gen.tokens[idx],
+                    gen.attention_mask[idx],
+                    gen.prompt_len,
+                    cfg.temperature,
+                )
         loss, metrics = gspo_loss(
             logp,
             ro.old_logp[idx],
@@ -156,6 +178,8 @@ def update(state: GSPOState, ro: Rollout) -> dict[str, torch.Tensor]:
             eps_low=cfg.eps_low,
             eps_high=cfg.eps_high,
             level=cfg.level,
+            beta=cfg.beta,
+            ref_logp=ref_logp,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -166,15 +190,21 @@ def update(state: GSPOState, ro: Rollout) -> dict[str, torch.Tensor]:
         opt.step()
         with torch.no_grad():
             valid = mask[idx]
-            diff = (ro.old_logp[idx] - logp.detach()).masked_fill(~valid, 0.0)
-            k3 = (diff.exp() - diff - 1.0).masked_fill(~valid, 0.0).sum() / valid.sum()
-            # the mean negative log-prob of the sampled tokens: an unbiased estimate of the
-            # policy's per-token entropy on its own samples (no full distribution needed)
-            entropy = (-logp.detach()).masked_fill(~valid, 0.0).sum() / valid.sum()
-        step_metrics = {**_tensors(metrics), "grad_norm": norm.detach(), "kl": k3, "entropy": entropy}
+            # k3 estimate of KL(old || new) on tokens sampled from old: r = new/old
+            log_r = (logp.detach() - ro.old_logp[idx]).masked_fill(~valid, 0.0)
+            k3 = (log_r.exp() - 1.0 - log_r).masked_fill(~valid, 0.0).sum() / valid.sum()
+        step_metrics = {**_tensors(metrics), "grad_norm": norm.detach(), "policy_kl": k3}
         for key, value in step_metrics.items():
-            sums[key] = sums.get(key, torch.zeros((), device=state.device)) + value.float()
-    return {k: v / cfg.minibatches for k, v in sums.items()}
+            value = value.float()
+            if key in sums and key in _EXTREMES:
+                sums[key] = _EXTREMES[key](sums[key], value)
+            else:
+                sums[key] = sums.get(key, torch.zeros((), device=state.device)) + value
+    return {k: v if k in _EXTREMES else v / cfg.minibatches for k, v in sums.items()}
+
+
+_EXTREMES = {"ratio_min": torch.minimum, "ratio_max": torch.maximum}
+"""Metrics that are the extreme over the step's minibatches (the rest are means)."""
 
 
 def _tensors(metrics: object) -> dict[str, torch.Tensor]:
@@ -191,7 +221,11 @@ def rollout_metrics(ro: Rollout, group_size: int) -> dict[str, torch.Tensor]:
     gen = ro.gen
     lengths = gen.lengths.float()
     by_group = ro.rewards.view(-1, group_size)
+    mask = gen.response_mask
     return {
+        # the mean negative log-prob of the sampled tokens under the policy that sampled them:
+        # an unbiased estimate of its per-token entropy (no full distribution needed)
+        "entropy": (-ro.old_logp).masked_fill(~mask, 0.0).sum() / mask.sum(),
         "reward_mean": ro.rewards.mean(),
         "reward_std": ro.rewards.std(),
         "exact": ro.exact.float().mean(),

@@ -176,11 +176,15 @@ class Task:
     """A verifiable task: prompts, the correct answer, and a reward (partial credit by default).
 
     ``reward_fn`` replaces the default reward (e.g. ``ExactMatchReward(task.target)``).
+    ``eos_id`` and ``pad_id`` are the tokenizer's end and padding ids (the toy vocabulary's by
+    default; a task for a Hugging Face model sets its tokenizer's).
     """
 
     name: str
     max_new_tokens: int
     reward_fn: RewardFunction | None = None
+    eos_id: int = EOS
+    pad_id: int = PAD
 
     @property
     def reward(self) -> RewardFunction:

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 class GSPOTrainer:
     """Train a policy with GSPO on a verifiable task, as a run in ``reg``.
 
-    ``GSPOTrainer(reg, config=fs.gspo.GSPOConfigEntity(task="reverse"))`` builds a
+    ``GSPOTrainer(reg, config=GSPOConfigEntity(task="reverse"))`` builds a
     :class:`TinyCausalLM` (``model_config``, default sized for the toy tasks) unless a
     ``policy`` is given (any module following the :class:`~forseti.gspo.CausalLM` protocol, e.g.
     an ``HFCausalLM``). :meth:`train` runs to a total number of steps; :meth:`resume` picks a
@@ -65,14 +65,18 @@ class GSPOTrainer:
         self.task = task or get_task(cfg.task, **dict(cfg.task_params))
         self.config = _stored(reg, cfg)
         if policy is None:
-            torch.manual_seed(self.config.seed)
             self.model_config = _stored(
                 reg, model_config or TinyLMConfigEntity(vocab_size=VOCAB_SIZE)
             )
-            policy = TinyCausalLM(self.model_config)
+            with torch.random.fork_rng(devices=[]):  # seeded init, global RNG left alone
+                torch.manual_seed(self.config.seed)
+                policy = TinyCausalLM(self.model_config)
         else:
             self.model_config = model_config
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if device is not None:
+            dev = torch.device(device)
+        else:  # where the policy already is
+            dev = next(policy.parameters()).device
         self.policy = policy.to(dev)
         self.model = _stored(reg, model) if model is not None else self._model_entity(run_name)
         self.state = GSPOState.create(self.policy, self.task, self.config, dev)
@@ -157,7 +161,7 @@ class GSPOTrainer:
         }
         weights = save_weights(self.reg, self.policy, meta)
         training = save_training_state(
-            self.reg, self.state.optimizer, self.state.generators, meta
+            self.reg, self.state.optimizer, self.state.generators, meta, self.state.reference
         )
         ckpt = CheckpointEntity(
             run=draft.ref,
@@ -331,6 +335,7 @@ class GSPOTrainer:
             trainer.state.optimizer,
             trainer.state.generators,
             data=training,
+            reference=trainer.state.reference,
         )
         trainer.state.step = ckpt.step
         trainer.run = reg.get(run.lineage_id)  # type: ignore[assignment]
