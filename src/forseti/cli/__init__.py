@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import forseti as fs
 
 from ..entities import Entity, ModelEntity, PipelineEntity, entity_types
+from ..entities.base import LAZY_TYPE_PACKAGES, import_for
 from ..errors import ForsetiError
 from ..registry import SCHEMA_VERSION, EntityRegistry
 from ..trees import EntityTree, model_lineage, pipeline_tree
@@ -36,6 +37,8 @@ __all__ = ["main"]
 
 
 def _cmd_info(args: argparse.Namespace, out: Printer) -> int:
+    for prefix in LAZY_TYPE_PACKAGES:  # Forseti's own types that load on demand (GSPO's)
+        import_for(prefix)
     with fs.open(args.url) as reg:
         heads = reg.store.find_heads(sorted(entity_types()))
         counts = Counter(rec.type_name for rec in heads)
