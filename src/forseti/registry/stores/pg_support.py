@@ -14,10 +14,9 @@ from uuid import UUID
 
 import asyncpg
 
-from ...errors import (
-    StoreClosedError,
-)
+from ...errors import ConflictError, IntegrityError, StoreClosedError, ValidationError
 from ..records import VersionRecord
+from .base import check_new_lineage
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +149,33 @@ async def no_reset(conn: asyncpg.Connection) -> None:
     """Pool release hook: the store never leaves session state behind (saves a round trip)."""
 
 
+async def map_unique(
+    conn: asyncpg.Connection, exc: asyncpg.UniqueViolationError, rec: VersionRecord | None
+) -> Exception:
+    """Turn a duplicate-key error of a version insert into the contract's error."""
+    name = exc.constraint_name or ""
+    if rec is None:
+        return IntegrityError(f"the store refused the write: {exc}")
+    if name == "uq_entity_versions_id":
+        return ValidationError(f"a version with id {rec.id} is already stored")
+    if name not in ("pk_entity_versions", "pk_lineages"):
+        return IntegrityError(
+            f"the store refused version {rec.version} of {rec.lineage_id}: {exc}"
+        )
+    try:  # the failed transaction is rolled back: this read sees the winner's commit
+        actual = await conn.fetchval(
+            "SELECT max(version) FROM entity_versions WHERE lineage_id=$1", rec.lineage_id
+        )
+    except MAYBE_LOST:
+        actual = None
+    if name == "pk_lineages" and actual is not None:
+        try:
+            check_new_lineage(rec, actual)
+        except ConflictError as conflict:
+            return conflict
+    return ConflictError(
+        f"lineage {rec.lineage_id}: version {rec.version} was committed concurrently",
+        lineage_id=rec.lineage_id,
+        expected=rec.version - 1,
+        actual=actual,
+    )

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import zlib
 from collections.abc import Callable, Coroutine, Hashable, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
@@ -32,24 +30,21 @@ from ...errors import (
     ConfigError,
     ConflictError,
     IntegrityError,
-    NotFoundError,
     SchemaVersionError,
     StoreClosedError,
-    ValidationError,
 )
-from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
+from ..records import EventRecord, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from ..urls import _options, redact
 from .base import (
     Store,
-    alias_conflict,
     check_append,
     check_new_lineage,
     duplicate_operation,
     merged_ops,
-    tracking_conflict,
 )
 from .graph import bfs
+from .pg_log import PostgresLogMixin
 
 __all__ = ["PostgresStore"]
 
@@ -60,7 +55,6 @@ T = TypeVar("T")
 from .pg_support import (
     APPEND,
     COLS,
-    EVENTS,
     EVENTS_SKIP,
     LOCK_BOOTSTRAP,
     LOCK_EVENTS,
@@ -71,14 +65,14 @@ from .pg_support import (
     OutcomeUnknown,
     connection_lost,
     fetch_rows,
+    map_unique,
     no_reset,
-    std_uuid,
     terminate,
     version_record,
 )
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresLogMixin, Store):
     """A PostgreSQL database (optionally one schema of it), safe across threads and processes.
 
     ``url`` is ``postgresql://user[:password]@host[:port]/db[?schema=NAME]`` (``postgres://``
@@ -247,7 +241,7 @@ class PostgresStore(Store):
                 out = await self._write_tx(conn, batch, current)
                 body_done = True
         except asyncpg.UniqueViolationError as exc:
-            raise await self._map_unique(conn, exc, current[-1] if current else None) from None
+            raise await map_unique(conn, exc, current[-1] if current else None) from None
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
             # two multi-lineage commits crossed; the database rolled this one back: a conflict
             rec = current[-1] if current else None
@@ -325,85 +319,6 @@ class PostgresStore(Store):
             await self._track(conn, batch.tracking)
         return out
 
-    def _event_args(self, evs: Sequence[EventRecord]) -> tuple[Any, ...]:
-        return (
-            [e.event_id for e in evs], [e.lineage_id for e in evs], [e.version for e in evs],
-            [e.topic for e in evs], [e.payload for e in evs], [e.recorded_at for e in evs],
-            *self._events_lock,
-        )  # fmt: skip
-
-    async def _append_events(
-        self, conn: asyncpg.Connection, evs: Sequence[EventRecord]
-    ) -> list[EventRecord]:
-        if not evs:
-            return []
-        try:
-            rows = await conn.fetch(EVENTS, *self._event_args(evs))
-        except asyncpg.UniqueViolationError as exc:
-            found = re.search(r"\(event_id\)=\(([0-9a-fA-F-]+)\)", exc.detail or "")
-            which = found.group(1) if found else "of this batch"
-            raise ValidationError(f"event {which} is already in the log") from None
-        seqs = {r[0]: r[1] for r in rows}
-        return [replace(ev, seq=seqs[ev.event_id]) for ev in evs]
-
-    @staticmethod
-    async def _track(conn: asyncpg.Connection, update: TrackingUpdate) -> None:
-        """Move a consumer's position by compare-and-set, in the caller's transaction."""
-        if update.expected is None:
-            done = await conn.fetchval(
-                "INSERT INTO tracking (consumer, last_seq) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING 1",
-                update.consumer,
-                update.last_seq,
-            )
-        else:
-            done = await conn.fetchval(
-                "UPDATE tracking SET last_seq=$1 WHERE consumer=$2 AND last_seq=$3 RETURNING 1",
-                update.last_seq,
-                update.consumer,
-                update.expected,
-            )
-        if done is None:
-            actual = await conn.fetchval(
-                "SELECT last_seq FROM tracking WHERE consumer=$1", update.consumer
-            )
-            raise tracking_conflict(update, actual)
-
-    def get_tracking(self, consumer: str) -> int | None:
-        rows = self._rows("SELECT last_seq FROM tracking WHERE consumer=$1", consumer)
-        return rows[0][0] if rows else None
-
-    async def _map_unique(
-        self, conn: asyncpg.Connection, exc: asyncpg.UniqueViolationError, rec: VersionRecord | None
-    ) -> Exception:
-        """Turn a duplicate-key error of a version insert into the contract's error."""
-        name = exc.constraint_name or ""
-        if rec is None:
-            return IntegrityError(f"the store refused the write: {exc}")
-        if name == "uq_entity_versions_id":
-            return ValidationError(f"a version with id {rec.id} is already stored")
-        if name not in ("pk_entity_versions", "pk_lineages"):
-            return IntegrityError(
-                f"the store refused version {rec.version} of {rec.lineage_id}: {exc}"
-            )
-        try:  # the failed transaction is rolled back: this read sees the winner's commit
-            actual = await conn.fetchval(
-                "SELECT max(version) FROM entity_versions WHERE lineage_id=$1", rec.lineage_id
-            )
-        except MAYBE_LOST:
-            actual = None
-        if name == "pk_lineages" and actual is not None:
-            try:
-                check_new_lineage(rec, actual)
-            except ConflictError as conflict:
-                return conflict
-        return ConflictError(
-            f"lineage {rec.lineage_id}: version {rec.version} was committed concurrently",
-            lineage_id=rec.lineage_id,
-            expected=rec.version - 1,
-            actual=actual,
-        )
-
     # -- reads ---------------------------------------------------------------------------------
 
     def _rows(self, sql: str, *args: Any) -> list[Any]:
@@ -465,89 +380,3 @@ class PostgresStore(Store):
             neighbours.setdefault(a.int, []).append(b.int)
             refs[b.int] = fast_ref(fast_uuid(lineage.int), version)
         return bfs(start_id.int, neighbours, refs, max_depth)
-
-    # -- aliases -------------------------------------------------------------------------------
-
-    def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
-        rows = self._rows(
-            "SELECT version, revision FROM aliases WHERE lineage_id=$1 AND alias=$2",
-            lineage_id,
-            alias,
-        )
-        return AliasRecord(lineage_id, alias, rows[0][0], rows[0][1]) if rows else None
-
-    def list_aliases(self, lineage_id: UUID) -> list[AliasRecord]:
-        rows = self._rows(
-            "SELECT alias, version, revision FROM aliases WHERE lineage_id=$1 ORDER BY alias",
-            lineage_id,
-        )
-        return [AliasRecord(lineage_id, a, v, r) for a, v, r in rows]
-
-    def set_alias(
-        self,
-        lineage_id: UUID,
-        alias: str,
-        version: int,
-        expected_revision: int | None,
-        events: Sequence[EventRecord] = (),
-    ) -> AliasRecord:
-        return self._call(self._set_alias, lineage_id, alias, version, expected_revision, events)
-
-    async def _set_alias(
-        self,
-        conn: asyncpg.Connection,
-        lid: UUID,
-        alias: str,
-        version: int,
-        expected: int | None,
-        events: Sequence[EventRecord],
-    ) -> AliasRecord:
-        async with conn.transaction():
-            if not await conn.fetchval(
-                "SELECT 1 FROM entity_versions WHERE lineage_id=$1 AND version=$2", lid, version
-            ):
-                raise NotFoundError(f"lineage {lid} has no version {version}")
-            if expected is None:  # create: waits for a concurrent creator, then does nothing
-                new = await conn.fetchval(
-                    "INSERT INTO aliases (lineage_id, alias, version, revision) "
-                    "VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING revision",
-                    lid, alias, version,
-                )  # fmt: skip
-            else:
-                new = await conn.fetchval(
-                    "UPDATE aliases SET version=$1, revision=revision+1 "
-                    "WHERE lineage_id=$2 AND alias=$3 AND revision=$4 RETURNING revision",
-                    version, lid, alias, expected,
-                )  # fmt: skip
-            if new is None:
-                actual = await conn.fetchval(
-                    "SELECT revision FROM aliases WHERE lineage_id=$1 AND alias=$2", lid, alias
-                )
-                raise alias_conflict(lid, alias, expected, actual)
-            await self._append_events(conn, events)
-        return AliasRecord(lid, alias, version, new)
-
-    # -- events --------------------------------------------------------------------------------
-
-    def read_events(
-        self,
-        since_seq: int = 0,
-        topic: str | None = None,
-        lineage_id: UUID | None = None,
-        limit: int | None = None,
-    ) -> list[EventRecord]:
-        sql = "SELECT seq, event_id, lineage_id, version, topic, payload, recorded_at FROM events "
-        sql += "WHERE seq > $1"
-        args: list[Any] = [since_seq]
-        for clause, value in ((" AND topic = ", topic), (" AND lineage_id = ", lineage_id)):
-            if value is not None:
-                args.append(value)
-                sql += f"{clause}${len(args)}"
-        sql += " ORDER BY seq"
-        if limit is not None:
-            args.append(limit)
-            sql += f" LIMIT ${len(args)}"
-        return [
-            EventRecord(UUID(int=eid.int), top, payload, rec, std_uuid(lid), ver, seq)
-            for seq, eid, lid, ver, top, payload, rec in self._rows(sql, *args)
-        ]

@@ -13,9 +13,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 from ...entities import EntityRef
@@ -23,23 +22,21 @@ from ...entities.refs import fast_uuid
 from ...errors import (
     ConflictError,
     IntegrityError,
-    NotFoundError,
     SchemaVersionError,
     StoreClosedError,
     ValidationError,
 )
-from ..records import AliasRecord, EventRecord, TrackingUpdate, VersionRecord, WriteBatch
+from ..records import EventRecord, VersionRecord, WriteBatch
 from ..schema import SCHEMA_VERSION, ddl_statements
 from .base import (
     Store,
-    alias_conflict,
     check_append,
     check_new_lineage,
     duplicate_operation,
     merged_ops,
-    tracking_conflict,
 )
 from .graph import GraphIndex
+from .sqlite_log import SQLiteLogMixin, opt_uuid, parse_dt
 
 __all__ = ["SQLiteStore"]
 
@@ -61,10 +58,6 @@ def _ts(dt: datetime) -> str:
     return f"{cached[1]}.{dt.microsecond:06d}"
 
 
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Switch to WAL. The switch itself ignores the busy handler when several processes create
     the same file at once, so it is retried (with a short backoff) until ``timeout``."""
@@ -81,11 +74,7 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             delay = min(delay * 2, 0.05)
 
 
-def _uuid(text: str | None) -> UUID | None:
-    return None if text is None else UUID(hex=text)
-
-
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteLogMixin, Store):
     """A SQLite file (WAL, ``synchronous=NORMAL``), safe across threads and processes."""
 
     dialect = "sqlite"
@@ -240,50 +229,6 @@ class SQLiteStore(Store):
             self._track(conn, batch.tracking)
         return out
 
-    @staticmethod
-    def _append_events(
-        conn: sqlite3.Connection, events: list[EventRecord], rows: list[tuple[Any, ...]], columns: str
-    ) -> list[EventRecord]:
-        sql = f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?)"
-        try:
-            if len(rows) == 1:
-                last = conn.execute(sql, rows[0]).lastrowid or 0
-            else:
-                conn.executemany(sql, rows)
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        except sqlite3.IntegrityError as exc:
-            raise ValidationError(f"an event of this batch is already in the log: {exc}") from None
-        # under the write lock, rowids are handed out one after the other
-        first = last - len(events) + 1
-        return [
-            EventRecord(e.event_id, e.topic, e.payload, e.recorded_at, e.lineage_id, e.version, seq)
-            for seq, e in enumerate(events, first)
-        ]
-
-    @staticmethod
-    def _track(conn: sqlite3.Connection, update: TrackingUpdate) -> None:
-        if update.expected is None:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO tracking (consumer, last_seq) VALUES (?, ?)",
-                (update.consumer, update.last_seq),
-            )
-        else:
-            cur = conn.execute(
-                "UPDATE tracking SET last_seq=? WHERE consumer=? AND last_seq=?",
-                (update.last_seq, update.consumer, update.expected),
-            )
-        if cur.rowcount != 1:
-            row = conn.execute(
-                "SELECT last_seq FROM tracking WHERE consumer=?", (update.consumer,)
-            ).fetchone()
-            raise tracking_conflict(update, row[0] if row else None)
-
-    def get_tracking(self, consumer: str) -> int | None:
-        row = self._conn().execute(
-            "SELECT last_seq FROM tracking WHERE consumer=?", (consumer,)
-        ).fetchone()
-        return row[0] if row else None
-
     # -- reads ---------------------------------------------------------------------------------
 
     def _version(self, row: tuple | None) -> VersionRecord | None:  # type: ignore[type-arg]
@@ -293,12 +238,12 @@ class SQLiteStore(Store):
             id=UUID(hex=row[0]),
             lineage_id=UUID(hex=row[1]),
             version=row[2],
-            previous_id=_uuid(row[3]),
+            previous_id=opt_uuid(row[3]),
             type_name=row[4],
             name=None,
             state=row[5],
             state_hash=row[6],
-            created_at=_dt(row[7]),
+            created_at=parse_dt(row[7]),
             op_id=row[8],
         )
 
@@ -381,110 +326,6 @@ class SQLiteStore(Store):
                     for pos, a, b, la, va, lb, vb in rows
                 )
             return graph.walk(start_id.hex, direction, max_depth)
-
-    # -- aliases -------------------------------------------------------------------------------
-
-    def get_alias(self, lineage_id: UUID, alias: str) -> AliasRecord | None:
-        row = self._conn().execute(
-            "SELECT version, revision FROM aliases WHERE lineage_id=? AND alias=?",
-            (lineage_id.hex, alias),
-        ).fetchone()
-        return AliasRecord(lineage_id, alias, row[0], row[1]) if row else None
-
-    def list_aliases(self, lineage_id: UUID) -> list[AliasRecord]:
-        rows = self._conn().execute(
-            "SELECT alias, version, revision FROM aliases WHERE lineage_id=? ORDER BY alias",
-            (lineage_id.hex,),
-        ).fetchall()
-        return [AliasRecord(lineage_id, a, v, r) for a, v, r in rows]
-
-    def set_alias(
-        self,
-        lineage_id: UUID,
-        alias: str,
-        version: int,
-        expected_revision: int | None,
-        events: Sequence[EventRecord] = (),
-    ) -> AliasRecord:
-        conn = self._conn()
-        lid = lineage_id.hex
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if not conn.execute(
-                "SELECT 1 FROM entity_versions WHERE lineage_id=? AND version=?", (lid, version)
-            ).fetchone():
-                raise NotFoundError(f"lineage {lineage_id} has no version {version}")
-            if expected_revision is None:
-                try:
-                    conn.execute(
-                        "INSERT INTO aliases (lineage_id, alias, version, revision) VALUES (?,?,?,1)",
-                        (lid, alias, version),
-                    )
-                except sqlite3.IntegrityError:
-                    actual = self._alias_revision(conn, lid, alias)
-                    raise alias_conflict(lineage_id, alias, None, actual) from None
-                new = 1
-            else:
-                cur = conn.execute(
-                    "UPDATE aliases SET version=?, revision=revision+1 "
-                    "WHERE lineage_id=? AND alias=? AND revision=?",
-                    (version, lid, alias, expected_revision),
-                )
-                if cur.rowcount != 1:
-                    actual = self._alias_revision(conn, lid, alias)
-                    raise alias_conflict(lineage_id, alias, expected_revision, actual)
-                new = expected_revision + 1
-            if events:
-                self._write(conn, WriteBatch(events=list(events)))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return AliasRecord(lineage_id, alias, version, new)
-
-    @staticmethod
-    def _alias_revision(conn: sqlite3.Connection, lid: str, alias: str) -> int | None:
-        row = conn.execute(
-            "SELECT revision FROM aliases WHERE lineage_id=? AND alias=?", (lid, alias)
-        ).fetchone()
-        return row[0] if row else None
-
-    # -- events --------------------------------------------------------------------------------
-
-    def read_events(
-        self,
-        since_seq: int = 0,
-        topic: str | None = None,
-        lineage_id: UUID | None = None,
-        limit: int | None = None,
-    ) -> list[EventRecord]:
-        sql = (
-            "SELECT seq, event_id, lineage_id, version, topic, payload, recorded_at FROM events "
-            "WHERE seq > ?"
-        )
-        params: list[object] = [since_seq]
-        if topic is not None:
-            sql += " AND topic = ?"
-            params.append(topic)
-        if lineage_id is not None:
-            sql += " AND lineage_id = ?"
-            params.append(lineage_id.hex)
-        sql += " ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [
-            EventRecord(
-                event_id=UUID(hex=eid),
-                topic=top,
-                payload=payload,
-                recorded_at=_dt(rec),
-                lineage_id=_uuid(lid),
-                version=ver,
-                seq=seq,
-            )
-            for seq, eid, lid, ver, top, payload, rec in self._conn().execute(sql, params)
-        ]
 
     # -- cache coherence, lifecycle ------------------------------------------------------------
 
