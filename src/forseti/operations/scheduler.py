@@ -17,14 +17,12 @@ and retries with jittered exponential backoff, up to ``max_retries``.
 from __future__ import annotations
 
 import bisect
-import contextvars
 import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -42,6 +40,7 @@ from .events import (
 )
 from .fold import ApplyFailed, fold
 from .model import Operation, OperationResult
+from .tickets import RUNNING, Ticket, would_deadlock
 
 if TYPE_CHECKING:
     from ..registry import EntityRegistry
@@ -49,35 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["OperationScheduler"]
 
 logger = logging.getLogger(__name__)
-
-_RUNNING: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar(
-    "forseti_running_operation", default=None
-)
-
-
-@dataclass(eq=False)
-class _Ticket:
-    op: Operation
-    priority: int
-    seq: int
-    parent: _Ticket | None = None  # the running operation that submitted it (nested)
-    state: str = "pending"  # pending -> running | claimed (merged into another) -> done
-    result: OperationResult | None = None
-    error: BaseException | None = None
-    done: threading.Event | None = None  # made when another operation claims it (merge)
-
-    @property
-    def key(self) -> tuple[int, int, int]:
-        # an operation submitted from inside a running one goes first: its parent waits for it
-        return (0 if self.parent is not None else 1, -self.priority, self.seq)
-
-    def ancestors(self) -> list[_Ticket]:
-        chain, node = [], self.parent
-        while node is not None:
-            chain.append(node)
-            node = node.parent
-        return chain
-
 
 class OperationScheduler:
     """Orders, merges and commits operations for one registry (``reg.submit(op)``)."""
@@ -93,10 +63,10 @@ class OperationScheduler:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._cond = threading.Condition()
-        self._queues: dict[UUID, list[_Ticket]] = {}
+        self._queues: dict[UUID, list[Ticket]] = {}
         self._busy: set[UUID] = set()
-        self._holders: dict[UUID, _Ticket] = {}  # busy lineage -> the operation running on it
-        self._waiting: set[_Ticket] = set()
+        self._holders: dict[UUID, Ticket] = {}  # busy lineage -> the operation running on it
+        self._waiting: set[Ticket] = set()
         self._seq = itertools.count()
         self._random = random.Random()
 
@@ -130,8 +100,8 @@ class OperationScheduler:
 
     # -- staging ---------------------------------------------------------------------------------
 
-    def _stage(self, ops: list[Operation]) -> list[_Ticket]:
-        parent = _RUNNING.get()
+    def _stage(self, ops: list[Operation]) -> list[Ticket]:
+        parent = RUNNING.get()
         if len({op.op_id for op in ops if isinstance(op, Operation)}) != len(ops):
             raise ValidationError("the same op_id is submitted twice in one call")
         tickets = []
@@ -149,7 +119,7 @@ class OperationScheduler:
                             f"from one apply()"
                         )
                 priority = max(priority, parent.priority)  # priority inheritance
-            tickets.append(_Ticket(op, priority, -1, parent))
+            tickets.append(Ticket(op, priority, -1, parent))
         for ticket in tickets:
             op = ticket.op
             self._publish(
@@ -186,7 +156,7 @@ class OperationScheduler:
                 )  # fmt: skip
         return tickets
 
-    def _runnable(self, ticket: _Ticket) -> bool:
+    def _runnable(self, ticket: Ticket) -> bool:
         for target in ticket.op.targets:
             if target in self._busy:
                 return False
@@ -195,12 +165,12 @@ class OperationScheduler:
                 return False
         return True
 
-    def _finish(self, ticket: _Ticket) -> OperationResult:
+    def _finish(self, ticket: Ticket) -> OperationResult:
         if ticket.state == "done":
             return self._outcome(ticket)
         with self._cond:
             while ticket.state == "pending" and not self._runnable(ticket):
-                if ticket.parent is not None and self._would_deadlock(ticket):
+                if ticket.parent is not None and would_deadlock(ticket, self._holders, self._waiting):
                     self._unqueue(ticket)
                     ticket.state = "done"
                     self._cond.notify_all()
@@ -235,10 +205,10 @@ class OperationScheduler:
                 self._cond.notify_all()
         return self._outcome(ticket)
 
-    def _claim(self, ticket: _Ticket) -> list[_Ticket]:
+    def _claim(self, ticket: Ticket) -> list[Ticket]:
         """Take ``ticket`` (and its merge partners) off the queues and mark the targets busy."""
         op = ticket.op
-        partners: list[_Ticket] = []
+        partners: list[Ticket] = []
         if op.policy == "merge":
             # take the compatible merge operations that come right after it in every queue: a
             # partner never jumps ahead of an operation that was due before it
@@ -266,7 +236,7 @@ class OperationScheduler:
             self._holders[target] = ticket
         return partners
 
-    def _unqueue(self, ticket: _Ticket) -> None:
+    def _unqueue(self, ticket: Ticket) -> None:
         for target in ticket.op.targets:
             queue = self._queues.get(target)
             if queue and ticket in queue:
@@ -274,41 +244,22 @@ class OperationScheduler:
                 if not queue:
                     del self._queues[target]
 
-    def _would_deadlock(self, ticket: _Ticket) -> bool:
-        """Whether ``ticket`` waits (through holders and their waiting nested operations) on one
-        of its own ancestors: the wait could never end."""
-        ancestors = {id(a) for a in ticket.ancestors()}
-        seen: set[int] = set()
-        frontier = [self._holders[t] for t in ticket.op.targets if t in self._holders]
-        while frontier:
-            holder = frontier.pop()
-            if id(holder) in ancestors:
-                return True
-            if id(holder) in seen:
-                continue
-            seen.add(id(holder))
-            for waiting in self._waiting:  # nested operations the holder is waiting for
-                if waiting is not ticket and any(a is holder for a in waiting.ancestors()):
-                    frontier.extend(
-                        self._holders[t] for t in waiting.op.targets if t in self._holders
-                    )
-        return False
-
     @staticmethod
-    def _outcome(ticket: _Ticket) -> OperationResult:
+    def _outcome(ticket: Ticket) -> OperationResult:
         if ticket.error is not None:
             raise ticket.error
-        assert ticket.result is not None
+        if ticket.result is None:  # pragma: no cover - every finished ticket has one or the other
+            raise RuntimeError(f"operation {ticket.op.op_id} finished without a result")
         return ticket.result
 
     # -- execution -------------------------------------------------------------------------------
 
-    def _execute(self, batch: list[_Ticket]) -> None:
+    def _execute(self, batch: list[Ticket]) -> None:
         lead = batch[0]
         op = lead.op
         attempts = 0
         conflicts: list[tuple[int, int | None, int | None]] = []
-        token = _RUNNING.set(lead)
+        token = RUNNING.set(lead)
         try:
             while True:
                 attempts += 1
@@ -400,9 +351,9 @@ class OperationScheduler:
                     )
                 return
         finally:
-            _RUNNING.reset(token)
+            RUNNING.reset(token)
 
-    def _attempt(self, batch: list[_Ticket], attempt: int) -> list[Entity]:
+    def _attempt(self, batch: list[Ticket], attempt: int) -> list[Entity]:
         lead = batch[0]
         op = lead.op
         heads = {target: self._reg.get(target) for target in op.targets}
@@ -430,7 +381,7 @@ class OperationScheduler:
             op_id=op.op_id, status="replayed", versions=versions, attempts=attempts
         )
 
-    def _fail(self, batch: list[_Ticket], attempts: int, error: BaseException) -> None:
+    def _fail(self, batch: list[Ticket], attempts: int, error: BaseException) -> None:
         for t in batch:
             t.error = error
             self._publish(

@@ -22,7 +22,7 @@ from .callables import CallablesMixin
 from .checks import as_uuid, check_op_id, check_version
 from .codec import decode_version
 from .eventlog import EventWriter
-from .facets import Alias, AliasesMixin, BlobsMixin, EventLogMixin
+from .facets import Alias, AliasesMixin, BlobsMixin, EventLogMixin, LineageMixin
 from .records import TrackingUpdate, VersionRecord
 from .stores.base import Store
 
@@ -45,7 +45,7 @@ def active_registry() -> EntityRegistry | None:
     return _ACTIVE.get()
 
 
-class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
+class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, LineageMixin, CallablesMixin):
     """Versioned entities with lineage, over a store (memory, SQLite or PostgreSQL).
 
     Open one with :func:`forseti.open`. The registry owns its store, blob store, event bus
@@ -362,28 +362,6 @@ class EntityRegistry(AliasesMixin, EventLogMixin, BlobsMixin, CallablesMixin):
             if all(normalize(getattr(entity, k)) == normalize(v) for k, v in fields.items()):
                 out.append(entity)
         return out  # type: ignore[return-value]
-
-    def ancestors(self, of: Entity | EntityRef, *, max_depth: int | None = None) -> list[EntityRef]:
-        """Every version ``of`` was derived from, nearest first (previous versions included)."""
-        return self._walk(of, "up", max_depth)
-
-    def descendants(
-        self, of: Entity | EntityRef, *, max_depth: int | None = None
-    ) -> list[EntityRef]:
-        """Every version derived from ``of``, nearest first (later versions included)."""
-        return self._walk(of, "down", max_depth)
-
-    def _walk(self, of: Entity | EntityRef, direction: str, max_depth: int | None) -> list[EntityRef]:
-        self._check_open()
-        if max_depth is not None and (
-            isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1
-        ):
-            raise ValidationError("max_depth is a positive integer or None")
-        ref = of.ref if isinstance(of, Entity) else of
-        if not isinstance(ref, EntityRef):
-            raise ValidationError(f"expected an Entity or EntityRef, got {type(of).__name__}")
-        start = self.get(ref).id
-        return self._store.walk(start, direction, max_depth)
 
     # -- cache -----------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 from uuid import UUID
 
-from ..entities import BlobRef, EntityRef
+from ..entities import BlobRef, Entity, EntityRef
 from ..entities.base import MAX_VERSION
 from ..errors import NotFoundError, ValidationError
 from ..events import AliasMoved, Event, EventBus
@@ -30,7 +30,7 @@ from .eventlog import (
 from .records import AliasRecord
 from .stores.base import Store
 
-__all__ = ["AliasesMixin", "EventLogMixin", "BlobsMixin", "Alias"]
+__all__ = ["AliasesMixin", "EventLogMixin", "BlobsMixin", "LineageMixin", "Alias"]
 
 Alias = AliasRecord
 
@@ -48,6 +48,7 @@ class _Facet:
     if TYPE_CHECKING:
 
         def _check_open(self) -> None: ...
+        def get(self, lineage: EntityRef) -> Entity: ...
         def _announce(self, events: Sequence[Event]) -> None: ...
 
 
@@ -198,3 +199,28 @@ class BlobsMixin(_Facet):
         self._blobs.open(ref).close()
         return self._blobs.path(ref)
 
+
+class LineageMixin(_Facet):
+    """The provenance graph: what a version came from, and what came from it."""
+
+    def ancestors(self, of: Entity | EntityRef, *, max_depth: int | None = None) -> list[EntityRef]:
+        """Every version ``of`` was derived from, nearest first (previous versions included)."""
+        return self._walk(of, "up", max_depth)
+
+    def descendants(
+        self, of: Entity | EntityRef, *, max_depth: int | None = None
+    ) -> list[EntityRef]:
+        """Every version derived from ``of``, nearest first (later versions included)."""
+        return self._walk(of, "down", max_depth)
+
+    def _walk(self, of: Entity | EntityRef, direction: str, max_depth: int | None) -> list[EntityRef]:
+        self._check_open()
+        if max_depth is not None and (
+            isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1
+        ):
+            raise ValidationError("max_depth is a positive integer or None")
+        ref = of.ref if isinstance(of, Entity) else of
+        if not isinstance(ref, EntityRef):
+            raise ValidationError(f"expected an Entity or EntityRef, got {type(of).__name__}")
+        start = self.get(ref).id
+        return self._store.walk(start, direction, max_depth)

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import anyio
@@ -37,6 +37,7 @@ from .plan import (
     plan_workflow,
     store_definition,
 )
+from .support import completed_result, error_text, io, load_head
 from .values import decode_value, encode_output
 
 if TYPE_CHECKING:
@@ -46,16 +47,14 @@ __all__ = ["start_run", "resume_run"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-_MAX_ERROR = 2000
 
 
 async def start_run(
     reg: EntityRegistry, wf: Workflow, *, raise_on_failure: bool = True
 ) -> WorkflowResult:
     """Plan ``wf`` (nothing is written if that fails), then run it from the start."""
-    plan = await _io(reg, plan_workflow, reg, wf)
-    definition = await _io(reg, store_definition, reg, plan)
+    plan = await io(reg, plan_workflow, reg, wf)
+    definition = await io(reg, store_definition, reg, plan)
     draft = WorkflowRunEntity(
         name=wf.name,
         status="running",
@@ -71,13 +70,13 @@ async def resume_run(
     reg: EntityRegistry, run: WorkflowRunEntity | EntityRef | UUID | str, *, raise_on_failure: bool = True
 ) -> WorkflowResult:
     """Continue a stored run from its last completed step."""
-    head = await _io(reg, _load_head, reg, run)
+    head = await io(reg, load_head, reg, run)
     if head.status == "completed":  # nothing to run: no functions needed
-        return await _io(reg, _completed_result, reg, head)
-    definition = await _io(reg, reg.get, head.workflow)
+        return await io(reg, completed_result, reg, head)
+    definition = await io(reg, reg.get, head.workflow)
     if not isinstance(definition, WorkflowEntity):
         raise ValidationError(f"run {head.ref} names {definition.ref}, which is not a workflow")
-    engine_plan = await _io(
+    engine_plan = await io(
         reg, plan_from_spec, reg, head.name, definition_spec(definition)
     )
     compensated = [s.name for s in head.steps if s.status in ("compensated", "compensation_failed")]
@@ -98,35 +97,6 @@ async def resume_run(
         finished_at=None,
     )
     return await _Engine(reg, engine_plan, draft).execute(raise_on_failure)
-
-
-def _completed_result(reg: EntityRegistry, head: WorkflowRunEntity) -> WorkflowResult:
-    outputs = {}
-    for state in head.steps:
-        if state.status == "completed":
-            try:
-                outputs[state.name] = decode_value(reg, state.output)
-            except NotFoundError:
-                pass  # an output that could not be stored
-    return WorkflowResult(head, outputs)
-
-
-def _load_head(reg: EntityRegistry, run: Any) -> WorkflowRunEntity:
-    if isinstance(run, Entity):
-        run = run.lineage_id
-    elif isinstance(run, EntityRef):
-        run = run.lineage_id
-    head = reg.get(run)
-    if not isinstance(head, WorkflowRunEntity):
-        raise ValidationError(f"{head.ref} is a {type(head).__name__}, not a workflow run")
-    return head
-
-
-async def _io(reg: EntityRegistry, fn: Callable[..., T], *args: Any) -> T:
-    """Run store work inline for the memory store, on a worker thread otherwise."""
-    if not reg.store.blocking:
-        return fn(*args)
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
 class _Engine:
@@ -179,7 +149,7 @@ class _Engine:
         result = self.result()
         if self.failed is not None and raise_on_failure:
             raise WorkflowFailedError(
-                f"workflow {self.plan.name!r} failed at step {self.failed!r}: {_text(self.error)}"
+                f"workflow {self.plan.name!r} failed at step {self.failed!r}: {error_text(self.error)}"
                 + (f"; compensated: {', '.join(compensated)}" if compensated else ""),
                 result=result,
                 step=self.failed,
@@ -205,7 +175,7 @@ class _Engine:
 
     async def _finish(self, compensated: list[str]) -> None:
         failed = self.failed is not None
-        error = _text(self.error) if self.error is not None else None
+        error = error_text(self.error) if self.error is not None else None
         async with self.lock:
             draft = self.head.evolve(
                 status="failed" if failed else "completed",
@@ -247,7 +217,7 @@ class _Engine:
             async with self.limiter:
                 if self.failed is not None:
                     return
-                kwargs = await _io(self.reg, self._arguments, step)
+                kwargs = await io(self.reg, self._arguments, step)
                 value = await self._invoke(
                     step.spec,
                     kwargs,
@@ -257,7 +227,7 @@ class _Engine:
                         "output": encode_output(outs.value if outs is not None else None),
                         "error": None,
                     },
-                    failed=lambda rec, exc: {"status": "failed", "call": rec.ref, "error": _text(exc)},
+                    failed=lambda rec, exc: {"status": "failed", "call": rec.ref, "error": error_text(exc)},
                     step=step.name,
                 )
             self.outputs[step.name] = value
@@ -267,7 +237,7 @@ class _Engine:
                 self.failed, self.error = step.name, exc
             if self.head.step(step.name).status != "failed" and self.taken_over is None:
                 try:
-                    await self._update(step.name, status="failed", error=_text(exc))
+                    await self._update(step.name, status="failed", error=error_text(exc))
                 except ConflictError as conflict:
                     self.taken_over = conflict
         finally:
@@ -284,7 +254,7 @@ class _Engine:
         mark_running: bool = True,
     ) -> Any:
         """One recorded call whose outcome commits together with the step's new state."""
-        inv = await _io(self.reg, prepare, self.reg, spec, (), kwargs)
+        inv = await io(self.reg, prepare, self.reg, spec, (), kwargs)
         if mark_running:
             await self._update(step, status="running")
         pending: list[WorkflowRunEntity] = []
@@ -310,7 +280,7 @@ class _Engine:
                         functools.partial(spec.fn, *inv.bound.args, **inv.bound.kwargs)
                     )
                 async with self.lock:
-                    value, _ = await _io(self.reg, inv.complete, result, with_state(done))
+                    value, _ = await io(self.reg, inv.complete, result, with_state(done))
                     self.head = pending[-1]
                 return value
             except Exception as exc:
@@ -319,12 +289,12 @@ class _Engine:
                     async with self.lock:
                         pending.clear()
                         fail_state = with_state(lambda rec, _outs: failed(rec, error))
-                        if await _io(self.reg, inv.fail, error, fail_state) is not None:
+                        if await io(self.reg, inv.fail, error, fail_state) is not None:
                             self.head = pending[-1]
                 raise
             except BaseException as exc:  # cancelled: the call is recorded, the step stays open
                 with anyio.CancelScope(shield=True):
-                    await _io(self.reg, inv.fail, exc)
+                    await io(self.reg, inv.fail, exc)
                 raise
         finally:
             inv.end()
@@ -357,14 +327,14 @@ class _Engine:
             if comp is None:
                 continue
             try:
-                args = await _io(self.reg, self._arguments, step)
+                args = await io(self.reg, self._arguments, step)
                 kwargs = {
                     k: v
                     for k, v in args.items()
                     if k in comp.by_name or comp.var_keyword is not None
                 }
                 if "output" in comp.by_name or comp.var_keyword is not None:
-                    kwargs["output"] = await _io(self.reg, self._output, name)
+                    kwargs["output"] = await io(self.reg, self._output, name)
                 await self._invoke(
                     comp,
                     kwargs,
@@ -372,16 +342,16 @@ class _Engine:
                     failed=lambda rec, exc: {
                         "status": "compensation_failed",
                         "compensation": rec.ref,
-                        "error": _text(exc),
+                        "error": error_text(exc),
                     },
                     step=name,
                     mark_running=False,
                 )
                 compensated.append(name)
             except Exception as exc:  # logged and recorded; the other compensations still run
-                logger.warning("compensation of step %r failed: %s", name, _text(exc))
+                logger.warning("compensation of step %r failed: %s", name, error_text(exc))
                 if self.head.step(name).status != "compensation_failed":
-                    await self._update(name, status="compensation_failed", error=_text(exc))
+                    await self._update(name, status="compensation_failed", error=error_text(exc))
         return compensated
 
     # -- run state -------------------------------------------------------------------------------
@@ -394,11 +364,7 @@ class _Engine:
     async def _commit(
         self, drafts: Sequence[WorkflowRunEntity], events: Sequence[Event]
     ) -> WorkflowRunEntity:
-        committed = await _io(
+        committed = await io(
             self.reg, functools.partial(self.reg.commit_many, drafts, events=events)
         )
         return cast(WorkflowRunEntity, committed[-1])
-
-
-def _text(exc: BaseException | None) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR] if exc is not None else ""
