@@ -21,6 +21,7 @@ import torch
 from ..entities import CheckpointEntity, Entity, EntityRef, ModelEntity, utcnow
 from ..errors import ValidationError
 from ..events import Event
+from ..registry.checks import stored_version
 from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from .entities import GSPOConfigEntity, GSPOTrainingRunEntity
 from .events import GSPOStepCompleted, GSPOTrainingCompleted, GSPOTrainingStarted
@@ -346,13 +347,12 @@ def _stored(reg: EntityRegistry, entity: Any) -> Any:
     """``entity`` if it is a stored version, else the version ``reg.add`` stores."""
     if not isinstance(entity, Entity):
         raise ValidationError(f"expected an entity, got {type(entity).__name__}")
-    try:
-        stored = reg.get(entity.ref)
-    except LookupError:
-        return reg.add(entity)
-    if stored.id != entity.id:
-        raise ValidationError(f"{entity.ref} is not the stored version of that lineage")
-    return stored
+    stored = stored_version(reg, entity)
+    if stored is not None:
+        return stored
+    if entity.version != 1:
+        raise ValidationError(f"{entity.ref} is not a stored version of its lineage")
+    return reg.add(entity)
 
 
 def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -142,12 +142,7 @@ class AsyncEntityRegistry:
         inv.start()
         try:
             try:
-                if spec.is_async:
-                    result = await spec.fn(*inv.bound.args, **inv.bound.kwargs)
-                else:
-                    result = await anyio.to_thread.run_sync(
-                        functools.partial(spec.fn, *inv.bound.args, **inv.bound.kwargs)
-                    )
+                result = await inv.arun()
                 value, _ = await self._run(inv.complete, result)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from ..entities import BlobRef
+from ..entities import BlobRef, Entity
 from ..entities.base import MAX_VERSION
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
 
-__all__ = ["as_uuid", "check_version", "as_blob", "check_alias", "check_op_id"]
+if TYPE_CHECKING:
+    from .core import EntityRegistry
+
+__all__ = ["as_uuid", "check_version", "as_blob", "check_alias", "check_op_id", "stored_version"]
 
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -49,3 +52,16 @@ def check_op_id(op_id: Any) -> None:
         raise ValidationError(
             "op_id is a non-empty string of at most 128 characters, without NUL characters"
         )
+
+
+def stored_version(reg: EntityRegistry, entity: Entity) -> Entity | None:
+    """The stored version that ``entity`` is, or ``None`` for a new entity or an uncommitted
+    draft (a version of that number with another id does not count). Cached versions answer
+    without the store."""
+    cached = reg._cached(entity.ref)
+    if cached is None:
+        try:
+            cached = reg.get(entity.ref)
+        except NotFoundError:
+            return None
+    return cached if cached.id == entity.id else None

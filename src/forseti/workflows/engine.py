@@ -273,12 +273,7 @@ class _Engine:
         inv.start()
         try:
             try:
-                if spec.is_async:
-                    result = await spec.fn(*inv.bound.args, **inv.bound.kwargs)
-                else:
-                    result = await anyio.to_thread.run_sync(
-                        functools.partial(spec.fn, *inv.bound.args, **inv.bound.kwargs)
-                    )
+                result = await inv.arun()
                 async with self.lock:
                     value, _ = await io(self.reg, inv.complete, result, with_state(done))
                     self.head = pending[-1]

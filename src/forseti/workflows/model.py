@@ -63,17 +63,23 @@ class Step:
         return f"Step({self.name!r}, depends={list(self.depends)})"
 
 
-def _references(value: Any) -> Iterator[str]:
-    if isinstance(value, Step):
-        yield value.name
-    elif isinstance(value, StepOutput):
-        yield value.step
+def _placeholders(value: Any) -> Iterator[Step | StepOutput]:
+    """Every step (or reference into a step's output) inside ``value``: lists, tuples and dicts
+    are searched."""
+    if isinstance(value, Step | StepOutput):
+        yield value
     elif isinstance(value, list | tuple):
         for v in value:
-            yield from _references(v)
+            yield from _placeholders(v)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _references(v)
+            yield from _placeholders(v)
+
+
+def _references(value: Any) -> Iterator[str]:
+    """The names of the steps ``value`` uses."""
+    for p in _placeholders(value):
+        yield p.name if isinstance(p, Step) else p.step
 
 
 class Workflow:
@@ -147,8 +153,8 @@ class Workflow:
                     f"step {label!r} refers to {dep!r}, which is not an earlier step of "
                     f"workflow {self.name!r}"
                 )
-        for used in _step_objects([args, *after]):
-            if self._steps.get(used.name) is not used:
+        for used in _placeholders([args, *after]):
+            if isinstance(used, Step) and self._steps.get(used.name) is not used:
                 raise ValidationError(
                     f"step {label!r} refers to step {used.name!r} of another workflow"
                 )
@@ -216,18 +222,6 @@ class Workflow:
         from .engine import resume_run
 
         return await resume_run(_sync(reg), run, raise_on_failure=raise_on_failure)
-
-
-def _step_objects(value: Any) -> Iterator[Step]:
-    """Every :class:`Step` object inside ``value`` (lists, tuples and dicts searched)."""
-    if isinstance(value, Step):
-        yield value
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _step_objects(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _step_objects(v)
 
 
 def _callable_name(target: str | Callable[..., Any]) -> str:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..entities import Entity, thaw
-from ..errors import ConflictError, NotFoundError, ValidationError
+from ..errors import ConflictError, ValidationError
 from ..registry.callables import FunctionSpec
+from ..registry.checks import stored_version
 from .entities import WorkflowEntity
 from .model import Step, StepOutput, Workflow
 from .values import encode_argument
@@ -122,11 +123,7 @@ def plan_workflow(reg: EntityRegistry, wf: Workflow) -> Plan:
 def _check_stored(reg: EntityRegistry, value: Any, where: str) -> None:
     """Entities given as arguments must be stored versions (as ``reg.call`` requires)."""
     if isinstance(value, Entity):
-        try:
-            stored = reg.get(value.ref)
-        except NotFoundError:
-            stored = None
-        if stored is None or stored.id != value.id:
+        if stored_version(reg, value) is None:
             raise ValidationError(
                 f"{where}: the {type(value).__name__} is not stored (a new entity or an "
                 f"uncommitted draft); add or commit it first"

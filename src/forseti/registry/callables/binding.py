@@ -15,6 +15,7 @@ import pydantic
 from ...entities import Entity, EntityRef
 from ...entities.frozen import deep_freeze
 from ...errors import NotFoundError, ValidationError
+from ..checks import stored_version
 from .addresses import looks_like_address, resolve_address
 from .spec import FunctionSpec, Param
 
@@ -189,11 +190,8 @@ def _by_id(reg: EntityRegistry, spec: FunctionSpec, value: UUID | str, label: st
 
 def _stored(reg: EntityRegistry, spec: FunctionSpec, entity: Entity, label: str) -> Entity:
     """``entity`` itself if it is a stored version; a clear error for a draft or new entity."""
-    try:
-        stored = reg.get(entity.ref)
-    except NotFoundError:
-        stored = None
-    if stored is None or stored.id != entity.id:
+    stored = stored_version(reg, entity)
+    if stored is None:
         raise ValidationError(
             f"{spec.label}: argument {label!r} is a {type(entity).__name__} that is not stored "
             f"(a new entity or an uncommitted draft); add or commit it first"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -61,13 +60,7 @@ class CallablesMixin:
         inv.start()
         try:
             try:
-                if spec.is_async:
-                    result = self.callables.runner.call(
-                        functools.partial(spec.fn, *inv.bound.args, **inv.bound.kwargs)
-                    )
-                else:
-                    result = spec.fn(*inv.bound.args, **inv.bound.kwargs)
-                value, _ = inv.complete(result)
+                value, _ = inv.complete(inv.run())
             except BaseException as exc:
                 inv.fail(exc)
                 raise

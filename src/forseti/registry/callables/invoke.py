@@ -9,6 +9,7 @@ state in the same transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+import anyio.to_thread
 
 from ...entities import Entity, EntityRef, FrozenDict, utcnow
 from ...entities.refs import fast_ref, new_uuid4
@@ -71,6 +74,20 @@ class Invocation:
         self.token = _CURRENT.set(started)
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
+
+    def run(self) -> Any:
+        """Run the function here; an async one runs on the registry's private loop thread."""
+        fn = functools.partial(self.spec.fn, *self.bound.args, **self.bound.kwargs)
+        if self.spec.is_async:
+            return self.reg.callables.runner.call(fn)
+        return fn()
+
+    async def arun(self) -> Any:
+        """Await the function; a sync one runs on a worker thread, so the loop never stalls."""
+        fn = functools.partial(self.spec.fn, *self.bound.args, **self.bound.kwargs)
+        if self.spec.is_async:
+            return await fn()
+        return await anyio.to_thread.run_sync(fn)
 
     def end(self) -> None:
         """Stop linking new events to this call's ``CallStarted``."""

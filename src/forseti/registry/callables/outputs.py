@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...entities import Entity, EntityRef, FrozenDict
+from ..checks import stored_version
 
 if TYPE_CHECKING:
     from ..core import EntityRegistry
@@ -53,7 +54,7 @@ def collect_outputs(reg: EntityRegistry, result: Any, inputs: Sequence[EntityRef
 
 
 def _one(reg: EntityRegistry, entity: Entity, inputs: Sequence[EntityRef], out: Outputs) -> Entity:
-    if _is_stored(reg, entity):
+    if stored_version(reg, entity) is not None:
         if entity.ref not in out.refs:
             out.refs.append(entity.ref)
         return entity
@@ -64,14 +65,6 @@ def _one(reg: EntityRegistry, entity: Entity, inputs: Sequence[EntityRef], out: 
     out.drafts.append(entity)
     out.refs.append(entity.ref)
     return entity
-
-
-def _is_stored(reg: EntityRegistry, entity: Entity) -> bool:
-    cached = reg._cached(entity.ref)
-    if cached is not None:
-        return cached.id == entity.id
-    rec = reg.store.get_version(entity.lineage_id, entity.version)
-    return rec is not None and rec.id == entity.id
 
 
 def is_plain(value: Any) -> bool:
