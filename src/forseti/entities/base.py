@@ -256,15 +256,12 @@ def entity_type(name: str) -> type[Entity]:
     cls = _TYPES.get(name)
     if cls is None and import_for(name):
         cls = _TYPES.get(name)
-    if cls is not None:
-        return cls
-    try:
-        return _TYPES[name]
-    except KeyError:
+    if cls is None:
         raise UnknownEntityTypeError(
             f"entity type {name!r} is not registered in this process; import the module that "
             f"defines it before loading versions of it"
-        ) from None
+        )
+    return cls
 
 
 def entity_types(base: type[Entity] = Entity) -> dict[str, type[Entity]]:
