@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from registries import close_opened
 
 import forseti as fs
 from forseti.testing.postgres import TemporaryPostgres, postgres_binaries
@@ -22,6 +23,13 @@ BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postg
 PERSISTENT = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 _skipped_pg: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_memory_registries() -> Iterator[None]:
+    """Close the registries ``registries.memory()`` opened during the test."""
+    yield
+    close_opened()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 import anyio
 import pytest
 from pydantic import Field
+from registries import memory
 
 import forseti as fs
 from forseti.entities import JSONMap, entity_types
@@ -102,21 +103,6 @@ def increment(counter: Counter) -> Counter:
     return counter.evolve(n=counter.n + 1)
 
 
-_OPENED: list[fs.EntityRegistry] = []
-
-
-def memory(**kwargs: Any) -> fs.EntityRegistry:
-    """A throwaway in-memory registry, closed after the test (its writer thread stops)."""
-    registry = fs.open("memory://", **kwargs)
-    _OPENED.append(registry)
-    return registry
-
-
-@pytest.fixture(autouse=True)
-def _close_memory_registries() -> Any:
-    yield
-    while _OPENED:
-        _OPENED.pop().close()
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import Field
+from registries import memory
 
 import forseti as fs
 from forseti.entities import JSONMap
@@ -34,21 +35,6 @@ class Node(fs.Entity):
     payload: JSONMap = Field(default_factory=dict)
 
 
-_OPENED: list[fs.EntityRegistry] = []
-
-
-def memory(**kwargs: Any) -> fs.EntityRegistry:
-    """A throwaway in-memory registry, closed after the test (its writer thread stops)."""
-    registry = fs.open("memory://", **kwargs)
-    _OPENED.append(registry)
-    return registry
-
-
-@pytest.fixture(autouse=True)
-def _close_memory_registries() -> Any:
-    yield
-    while _OPENED:
-        _OPENED.pop().close()
 
 
 # -- a small world to address ------------------------------------------------------------------
