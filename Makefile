@@ -8,6 +8,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.forseti-installed
 # The CPU build of torch, installed before anything that could pull CUDA packages.
 TORCH  := torch==2.13.0
+# ByzFL, the reference of forseti.consensus's parity tests. Installed without its dependencies:
+# they include torchvision, which would replace the CPU torch with a CUDA build. The tests load
+# only its aggregators and attacks (numpy, torch, scipy: all in the dev extra).
+BYZFL  := byzfl==0.0.11
 
 .PHONY: help venv postgres demo test lint bench bench-smoke clean
 
@@ -20,10 +24,11 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(BYZFL)
 	@touch $(STAMP)
 
 # Debian's PostgreSQL server binaries for the throwaway test cluster (no service is used).

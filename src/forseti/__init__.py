@@ -92,11 +92,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``fs.gspo``: imported on first use (it needs torch, which ``import forseti`` does not)."""
-    if name == "gspo":
+    """``fs.gspo`` and ``fs.consensus``: imported on first use (they need torch, which
+    ``import forseti`` does not)."""
+    if name in ("gspo", "consensus"):
         import importlib
 
-        return importlib.import_module("forseti.gspo")
+        return importlib.import_module(f"forseti.{name}")
     raise AttributeError(f"module 'forseti' has no attribute {name!r}")
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

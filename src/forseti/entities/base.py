@@ -234,7 +234,10 @@ _TYPES["forseti.Entity"] = Entity
 
 #: Forseti's own types defined in packages that are not imported with ``forseti`` (they need
 #: torch): a stored version of one imports its package on first read
-LAZY_TYPE_PACKAGES: dict[str, str] = {"forseti.gspo.": "forseti.gspo"}
+LAZY_TYPE_PACKAGES: dict[str, str] = {
+    "forseti.gspo.": "forseti.gspo",
+    "forseti.consensus.": "forseti.consensus",
+}
 
 
 def import_for(name: str) -> bool:
