@@ -5,6 +5,21 @@ tensors) returning an :class:`AggResult`: the aggregate, the selected workers, p
 suspicion scores and weights. See ``docs/consensus.md`` for how to choose a rule.
 """
 
+from .attacks import (
+    ALIE,
+    ATTACKS,
+    IPM,
+    Attack,
+    Gaussian,
+    InfNaN,
+    LabelFlip,
+    Mimic,
+    SignFlip,
+    alie_z_max,
+    build_attack,
+    flip_labels,
+)
+from .attacks_optimal import OptimalALIE, OptimalIPM
 from .base import Aggregator, PreAggregator
 from .coordinate import CoordinateMedian, Mean, TrimmedMean
 from .detection import DetectionRates, Thresholds, detection_rates, flag_outliers
@@ -57,4 +72,18 @@ __all__ = [
     "RobustStep",
     "StepOutcome",
     "per_worker_gradients",
+    "Attack",
+    "SignFlip",
+    "Gaussian",
+    "InfNaN",
+    "IPM",
+    "ALIE",
+    "Mimic",
+    "LabelFlip",
+    "OptimalALIE",
+    "OptimalIPM",
+    "flip_labels",
+    "alie_z_max",
+    "build_attack",
+    "ATTACKS",
 ]
