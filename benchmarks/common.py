@@ -91,6 +91,11 @@ class Result:
     group: str = ""
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: what ``forseti``/``baseline``/``target_s`` measure: seconds by default; any other unit
+    #: (``"acc"``, ``"kappa"``, ``"rounds"``, ``"ns/elem"``…) is printed as a plain number
+    unit: str = "s"
+    #: for a target in ``target_s``: whether forseti must be at most (True) or at least it
+    lower_is_better: bool = True
 
     @property
     def ratio(self) -> float | None:
@@ -106,7 +111,10 @@ class Result:
             return None
         ok = True
         if self.target_s is not None:
-            ok = ok and self.forseti <= self.target_s
+            if self.lower_is_better:
+                ok = ok and self.forseti <= self.target_s
+            else:
+                ok = ok and self.forseti >= self.target_s
         if self.target_ratio is not None:
             ratio = self.ratio
             ok = ok and ratio is not None and ratio <= self.target_ratio
@@ -116,7 +124,8 @@ class Result:
     def target(self) -> str:
         parts = []
         if self.target_s is not None:
-            parts.append(f"<= {fmt_seconds(self.target_s)}")
+            sign = "<=" if self.lower_is_better else ">="
+            parts.append(f"{sign} {self.format(self.target_s)}")
         if self.target_ratio is not None:
             parts.append(f"<= {self.target_ratio:g}x base")
         return " & ".join(parts)
@@ -129,6 +138,14 @@ class Result:
             return "skipped"
         met = self.met
         return "-" if met is None else ("met" if met else "MISSED")
+
+    def format(self, value: float | None) -> str:
+        """``value`` in this row's unit (seconds get ``ms``/``µs``… prefixes)."""
+        if value is None:
+            return ""
+        if self.unit == "s":
+            return fmt_seconds(value)
+        return f"{value:.3g} {self.unit}".rstrip()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -29,7 +29,6 @@ from common import (  # noqa: E402
     REPO_ROOT,
     Result,
     error_result,
-    fmt_seconds,
     machine_info,
     setup_paths,
 )
@@ -70,8 +69,8 @@ def _cells(r: Result) -> tuple[str, ...]:
     ratio = r.ratio
     return (
         r.benchmark,
-        fmt_seconds(r.forseti),
-        fmt_seconds(r.baseline),
+        r.format(r.forseti),
+        r.format(r.baseline),
         "" if ratio is None else (f"{ratio:.2f}x" if ratio < 100 else f"{ratio:.0f}x"),
         r.target,
         r.flag,

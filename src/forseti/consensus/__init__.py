@@ -29,7 +29,7 @@ from .events import AggregationCompleted, WorkerFlagged, WorkerTrustChanged
 from .iterative import CenteredClipping, GeometricMedian
 from .krum import Bulyan, Krum, MultiKrum, krum_scores
 from .ledger import ReputationLedger, RoundReport
-from .preaggregators import NNM, Bucketing, Clipping
+from .preaggregators import NNM, Bucketing, Clipping, OutlierFilter
 from .result import AggResult
 from .robust import PRE_AGGREGATORS, RULES, Robust, build, default_rule
 from .step import RobustStep, StepOutcome, per_worker_gradients
@@ -49,6 +49,7 @@ __all__ = [
     "NNM",
     "Clipping",
     "Bucketing",
+    "OutlierFilter",
     "Robust",
     "build",
     "default_rule",

@@ -180,6 +180,9 @@ class PreAggregator(_Rule, ABC):
     """A transform applied before a rule: ``pre(vectors) -> (m, d) tensor`` (NNM, clipping,
     bucketing). In a :class:`~forseti.consensus.Robust` stack it sees finite rows only."""
 
+    #: whether it drops vectors (then the parts after it tolerate that many fewer)
+    removes_rows: ClassVar[bool] = False
+
     def __call__(self, vectors: Any) -> torch.Tensor:
         x, _ = as_matrix(vectors)
         self.check(x.shape[0])

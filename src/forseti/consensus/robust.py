@@ -13,7 +13,7 @@ from .base import Aggregator, Partial, PreAggregator, assemble, finite_split
 from .coordinate import CoordinateMedian, Mean, TrimmedMean
 from .iterative import CenteredClipping, GeometricMedian
 from .krum import Bulyan, Krum, MultiKrum
-from .preaggregators import NNM, Bucketing, Clipping
+from .preaggregators import NNM, Bucketing, Clipping, OutlierFilter
 from .result import AggResult
 
 __all__ = ["Robust", "build", "default_rule", "RULES", "PRE_AGGREGATORS"]
@@ -72,8 +72,8 @@ class Robust(Aggregator):
         n = x.shape[0]
         self.check(n)
         finite, bad = finite_split(x)
-        y = self.transform(finite, len(bad))
-        inner = self.agg._aggregate(y, max(0, self.agg.f - len(bad)))
+        y, dropped = self._pre(finite, len(bad))
+        inner = self.agg._aggregate(y, max(0, self.agg.f - dropped))
         meta: dict[str, Any] = {"rule": self.agg.name, "rule_meta": inner.meta}
         if inner.selected is not None:
             meta["rule_selected"] = inner.selected
@@ -82,9 +82,15 @@ class Robust(Aggregator):
 
     def transform(self, x: torch.Tensor, dropped: int = 0) -> torch.Tensor:
         """The pre-aggregators applied to finite ``x`` (``dropped``: workers already removed)."""
+        return self._pre(x, dropped)[0]
+
+    def _pre(self, x: torch.Tensor, dropped: int) -> tuple[torch.Tensor, int]:
         for p in self.pre:
+            before = x.shape[0]
             x = p.transform(x, max(0, p.f - dropped))
-        return x
+            if p.removes_rows:
+                dropped += before - x.shape[0]
+        return x, dropped
 
     def _aggregate(self, x: torch.Tensor, f: int) -> Partial:  # pragma: no cover - see __call__
         return self.agg._aggregate(self.transform(x), f)
@@ -105,7 +111,7 @@ RULES: dict[str, type[Aggregator]] = {
     )
 }
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
-    cls.name: cls for cls in (NNM, Clipping, Bucketing)
+    cls.name: cls for cls in (NNM, Clipping, Bucketing, OutlierFilter)
 }
 
 
@@ -157,3 +163,4 @@ def build(config: Mapping[str, Any] | str) -> Aggregator | PreAggregator:
 def default_rule(f: int) -> Robust:
     """The recommended stack: nearest-neighbour mixing then the trimmed mean, both at ``f``."""
     return Robust(pre=[NNM(f)], agg=TrimmedMean(f))
+

@@ -11,7 +11,7 @@ worker momentum if asked, aggregates with a rule, writes the aggregate into the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from ..errors import ConfigError, ValidationError
 from ._tensors import as_matrix
 from .base import Aggregator
+from .distances import sq_distances_to
 from .ledger import ReputationLedger, RoundReport
 from .result import AggResult
 
@@ -39,7 +40,9 @@ class RobustStep:
     ``momentum`` is *worker* momentum (each worker sends ``m_i <- beta m_i + (1 - beta) g_i``),
     which Karimireddy et al. show is what makes robust rules work with stochastic gradients.
     ``transform`` (optional) edits the stacked vectors before aggregation, e.g. to simulate
-    Byzantine workers in an evaluation; the ledger sees what the rule saw.
+    Byzantine workers in an evaluation; the ledger sees what the rule saw. With
+    ``exclude_suspects`` the ledger's current suspects are left out of the aggregation (counted
+    against the rule's ``f``, like workers that sent Inf/NaN) until they are cleared.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class RobustStep:
         momentum: float = 0.0,
         ledger: ReputationLedger | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        exclude_suspects: bool = False,
     ) -> None:
         if isinstance(params, torch.nn.Module):
             params = params.parameters()
@@ -64,7 +68,10 @@ class RobustStep:
         if not 0 <= momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1); got {momentum!r}")
         self.optimizer, self.aggregator = optimizer, aggregator
+        if exclude_suspects and ledger is None:
+            raise ConfigError("exclude_suspects needs a ledger (it says who the suspects are)")
         self.momentum, self.ledger, self.transform = float(momentum), ledger, transform
+        self.exclude_suspects = bool(exclude_suspects)
         self.dim = sum(p.numel() for p in self.params)
         self._buffers: torch.Tensor | None = None
 
@@ -78,15 +85,40 @@ class RobustStep:
             g = self._buffers
         if self.transform is not None:
             g = self.transform(g)
-        result = self.aggregator(g)
+        excluded = self._suspects(g)
+        if excluded:
+            # Known suspects are masked as non-finite: the rule drops them and counts them
+            # against f (see forseti.consensus.base); the ledger still sees what they sent.
+            masked = g.clone()
+            masked[list(excluded)] = float("nan")
+            result = self.aggregator(masked)
+        else:
+            result = self.aggregator(g)
         offset = 0
         for p in self.params:
             k = p.numel()
             p.grad = result.vector[offset : offset + k].reshape(p.shape).to(p.dtype).clone()
             offset += k
         self.optimizer.step()
-        report = self.ledger.update(g, result) if self.ledger is not None else None
+        report = None
+        if self.ledger is not None:
+            seen = result
+            if excluded:  # score the excluded on what they really sent, so they can recover
+                scores = result.scores.clone()
+                scores[list(excluded)] = sq_distances_to(g[list(excluded)], result.vector).to(
+                    scores.dtype
+                )
+                seen = replace(result, scores=scores)
+            report = self.ledger.update(g, seen)
         return StepOutcome(result, report)
+
+    def _suspects(self, g: torch.Tensor) -> tuple[int, ...]:
+        if not self.exclude_suspects or self.ledger is None:
+            return ()
+        suspects = tuple(i for i in self.ledger.suspects if i < g.shape[0])
+        if len(suspects) >= g.shape[0]:
+            return ()
+        return suspects
 
     def _stack(self, gradients: Any) -> torch.Tensor:
         if isinstance(gradients, Mapping):
