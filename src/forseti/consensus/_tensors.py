@@ -43,7 +43,7 @@ def as_matrix(vectors: Any, *, what: str = "vectors") -> tuple[torch.Tensor, Lay
     """
 
     if isinstance(vectors, torch.Tensor) or _is_array(vectors):
-        x = torch.as_tensor(vectors)
+        x = _tensor(vectors)
         if x.dim() != 2:
             raise ValidationError(f"{what} must have shape (n, d); got {tuple(x.shape)}")
         return _floating(x, what), Layout()
@@ -52,7 +52,7 @@ def as_matrix(vectors: Any, *, what: str = "vectors") -> tuple[torch.Tensor, Lay
             f"{what} must be an (n, d) tensor, a list of n vectors or a list of per-layer "
             f"(n, ...) tensors; got {type(vectors).__name__}"
         )
-    parts = [torch.as_tensor(v) for v in vectors]
+    parts = [_tensor(v) for v in vectors]
     if all(p.dim() == 1 for p in parts):
         if len({p.shape[0] for p in parts}) != 1:
             raise ValidationError(f"{what}: the vectors have different lengths")
@@ -70,6 +70,19 @@ def as_matrix(vectors: Any, *, what: str = "vectors") -> tuple[torch.Tensor, Lay
         f"{what}: mix of 1-d vectors and per-layer tensors; pass one (n, d) tensor, a list of "
         "vectors, or a list of (n, ...) layers"
     )
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    """A detached tensor (aggregation is not differentiated through); numpy views with negative
+    strides, which torch refuses, are copied first."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        return torch.as_tensor(value)
+    except ValueError:
+        if _is_array(value):
+            return torch.as_tensor(value.copy())
+        raise
 
 
 def _is_array(value: Any) -> bool:

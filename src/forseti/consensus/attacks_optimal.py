@@ -19,6 +19,7 @@ optimised against the jittered vectors actually sent. The chosen scale and damag
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -107,9 +108,11 @@ class _LineSearch(Attack):
         def damage(scale: float) -> float:
             byz = self.at_scale(mean, std, scale).expand(f, -1)
             vectors = torch.cat((x, byz if noise is None else byz + noise), dim=0)
+            # probe copies: a stateful rule (CenteredClipping, Bucketing's generator) must not
+            # move with the 20-odd evaluations of the search
             for p in self.pre:
-                vectors = p(vectors)
-            out = self.aggregator(vectors)
+                vectors = copy.deepcopy(p)(vectors)
+            out = copy.deepcopy(self.aggregator)(vectors)
             agg = torch.as_tensor(getattr(out, "vector", out))
             return float(torch.linalg.vector_norm(agg - mean).item())
 

@@ -53,7 +53,7 @@ class CoordinateMedian(Aggregator):
         lo, hi = (n - 1) // 2, n // 2
 
         def middle(rows: list[torch.Tensor]) -> torch.Tensor:
-            return rows[lo] if lo == hi else (rows[lo] + rows[hi]) * 0.5
+            return rows[lo] if lo == hi else rows[lo] * 0.5 + rows[hi] * 0.5  # no overflow
 
         return Partial(reduce_sorted(x, middle))
 

@@ -2,9 +2,11 @@
 
 Flags are *thresholded*, never "the top f": with fewer than ``f`` attackers (or none) top-f
 flagging accuses honest workers by construction, so it cannot claim precision. A score is an
-outlier when it exceeds both ``median + z * 1.4826 * MAD`` (a robust z-score) and ``ratio *
-median``: the first adapts to how spread the honest scores are, the second keeps tightly
-concentrated honest scores (high dimension, IID data) from flagging each other over noise.
+outlier when its square root (scores are squared distances; their roots are far less skewed,
+which matters on low-dimensional, heavy-tailed gradients) exceeds ``median + z * 1.4826 * MAD``
+of the roots (a robust z-score) *and* the score exceeds ``ratio`` times the median score: the
+first adapts to how spread the honest workers are, the second keeps tightly concentrated honest
+scores (high dimension, IID data) from flagging each other over noise.
 Only loud attacks are caught this way; quiet ones (sign flip at low SNR, small IPM) need the
 sequential test of :class:`~forseti.consensus.ReputationLedger`, and ALIE at ``z_max`` or mimic
 sit inside the honest spread by design: judge those by damage, not by recall.
@@ -50,11 +52,13 @@ def flag_outliers(
     finite = torch.isfinite(s)
     flagged = ~finite
     if bool(finite.any()):
-        values = s[finite]
+        dist = s.clamp_min(0.0).sqrt()  # distances: far less skewed than squared distances
+        values = dist[finite]
         med = float(values.median())
         mad = float((values - med).abs().median()) * 1.4826
-        limit = max(med + t.z * mad, t.ratio * med)
-        flagged |= finite & (s > limit)
+        spread_limit = med + t.z * mad
+        ratio_limit = t.ratio * float(s[finite].median())
+        flagged |= finite & (dist > spread_limit) & (s > ratio_limit)
     return tuple(int(i) for i in flagged.nonzero().flatten())
 
 

@@ -25,6 +25,7 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     for cols in column_chunks(x):
         centred = x[:, cols].to(acc) - mean[cols]
         gram.addmm_(centred, centred.T)
+    gram = (gram + gram.T) * 0.5  # exactly symmetric, so ties do not depend on worker order
     sq = gram.diagonal()
     dist = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min_(0.0)
     dist.fill_diagonal_(0.0)

@@ -27,7 +27,8 @@ class Detection(BaseModel):
 
 class ByzantineDetectorEntity(Entity):
     """A :class:`~forseti.consensus.ReputationLedger`'s state: trust per worker, the current
-    suspects, every detection, and an estimate of how many detections were false."""
+    suspects, every detection, and an estimate of how many detections were false (suspicions
+    that cleared within the ledger's ``min_rounds``)."""
 
     entity_type: ClassVar[str] = "forseti.consensus.ByzantineDetector"
 

@@ -43,11 +43,9 @@ class _KrumBase(Aggregator):
             out["neighbours"] = self.neighbours
         return out
 
-    def _scores(self, x: torch.Tensor, f: int) -> torch.Tensor:
-        neighbours = self.neighbours
-        if neighbours is not None and f < self.f:  # Inf/NaN workers dropped: as many fewer
-            neighbours = max(1, neighbours - (self.f - f))
-        return krum_scores(pairwise_sq_distances(x), f, neighbours)
+    def _scores(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = pairwise_sq_distances(x)
+        return krum_scores(dist, f, self.neighbours), dist
 
 
 class Krum(_KrumBase):
@@ -62,8 +60,8 @@ class Krum(_KrumBase):
     name = "krum"
 
     def _aggregate(self, x: torch.Tensor, f: int) -> Partial:
-        scores = self._scores(x, f)
-        best = int(torch.argmin(scores))
+        scores, dist = self._scores(x, f)
+        best = argmin_unordered(scores, dist, x)
         return Partial(x[best].clone(), selected=(best,), scores=scores)
 
 
@@ -86,7 +84,7 @@ class MultiKrum(_KrumBase):
     def _aggregate(self, x: torch.Tensor, f: int) -> Partial:
         n = x.shape[0]
         m = min(n - f if self.m is None else self.m, n)
-        scores = self._scores(x, f)
+        scores, _ = self._scores(x, f)
         chosen = torch.topk(scores, m, largest=False).indices
         selected = tuple(sorted(int(i) for i in chosen))
         return Partial(x[list(selected)].mean(dim=0), selected=selected, scores=scores)
@@ -121,11 +119,36 @@ class Bulyan(Aggregator):
             scores = krum_scores(sub, f)
             if first_scores is None:
                 first_scores = scores
-            chosen.append(left.pop(int(torch.argmin(scores))))
+            chosen.append(left.pop(argmin_unordered(scores, sub, x, left)))
         selected = tuple(sorted(chosen))
         picked = x[list(selected)]
         vector = _closest_to_median_mean(picked, beta)
         return Partial(vector, selected=selected, scores=first_scores, meta={"beta": beta})
+
+
+def argmin_unordered(
+    scores: torch.Tensor, dist: torch.Tensor, x: torch.Tensor, rows: list[int] | None = None
+) -> int:
+    """The index of the lowest score, with exact ties broken without regard to worker order:
+    the smaller total distance to the others, then the lexicographically smaller vector (tied
+    identical vectors give the same result whichever is picked). ``rows`` maps positions in
+    ``scores`` to rows of ``x`` (default: the same)."""
+    tied = (scores == scores.min()).nonzero().flatten()
+    if tied.numel() > 1:
+        total = dist[tied].sum(dim=1)
+        tied = tied[total == total.min()]
+    if tied.numel() > 1:
+        picked = x[tied if rows is None else [rows[int(i)] for i in tied]]
+        if bool((picked == picked[0]).all()):
+            return int(tied[0])
+        differs = (picked != picked[0]).any(dim=0).nonzero().flatten()
+        for col in differs.tolist():
+            values = picked[:, col]
+            keep = values == values.min()
+            tied, picked = tied[keep], picked[keep]
+            if tied.numel() == 1:
+                break
+    return int(tied[0])
 
 
 def _closest_to_median_mean(x: torch.Tensor, beta: int) -> torch.Tensor:
@@ -137,7 +160,7 @@ def _closest_to_median_mean(x: torch.Tensor, beta: int) -> torch.Tensor:
 
     def mean_closest(rows: list[torch.Tensor]) -> torch.Tensor:
         values = torch.stack(rows)
-        median = (rows[lo] + rows[hi]) * 0.5
+        median = rows[lo] * 0.5 + rows[hi] * 0.5
         idx = torch.topk((values - median).abs_(), beta, dim=0, largest=False).indices
         return values.gather(0, idx).mean(dim=0)
 

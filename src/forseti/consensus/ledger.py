@@ -14,18 +14,23 @@ Trust in ``[0, 1]`` combines both: a moving average of "not flagged this round" 
 ``AggregationCompleted`` every round, ``WorkerFlagged`` and ``WorkerTrustChanged`` on changes,
 and commits a :class:`ByzantineDetectorEntity` every ``sync_every`` rounds (and on
 :meth:`~ReputationLedger.sync`) through an operation. The accumulated sums live in memory only:
-a ledger resumed from its entity keeps trust, suspects and detections, and restarts the sums.
+a ledger resumed from its entity keeps trust, suspects and detections, and restarts the sums;
+its restored suspects stay suspects until the new sums span the test's window (``hold_rounds``).
+
+``estimated_false_positives`` counts suspicions that did not last: a worker cleared after fewer
+than ``min_rounds`` rounds as a suspect was most likely flagged by noise (attackers, loud or
+quiet, stay suspects round after round).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..entities import Entity
 from ..errors import ConfigError, ValidationError
 from ._tensors import as_matrix
 from .base import Aggregator, check_f, check_positive
@@ -39,9 +44,6 @@ if TYPE_CHECKING:
     from ..registry import EntityRegistry
 
 __all__ = ["ReputationLedger", "RoundReport"]
-
-_NORMAL = NormalDist()
-
 
 @dataclass(frozen=True)
 class RoundReport:
@@ -94,6 +96,9 @@ class ReputationLedger:
         self.rule, self.registry, self.name = rule, registry, name
         self.round = 0
         self._sums: torch.Tensor | None = None
+        self._sum_rounds = 0  # rounds accumulated in _sums
+        self._held: set[int] = set()  # suspects restored by resume(), until the sums can judge
+        self._streak = [0] * self.n  # consecutive rounds each worker has been a suspect
         self._round_trust = torch.ones(self.n, dtype=torch.float64)
         self.trust = torch.ones(self.n, dtype=torch.float64)
         self._reported = self.trust.clone()
@@ -105,6 +110,12 @@ class ReputationLedger:
         self.entity: ByzantineDetectorEntity | None = None
         if registry is not None:
             self.sync()  # registered now, so every event names the detector as its subject
+
+    @property
+    def hold_rounds(self) -> int:
+        """How long suspects restored by :meth:`resume` are held: the test's window,
+        ``1 / (1 - decay)`` rounds (at most 50)."""
+        return 50 if self.decay >= 0.98 else math.ceil(1 / (1 - self.decay))
 
     # -- the per-round update (pure torch; events are cheap, commits happen at sync) -----------
 
@@ -121,22 +132,35 @@ class ReputationLedger:
         self.round += 1
         flagged_round = flag_outliers(result.scores, self.thresholds)
         stat = self._accumulate(x, result)
+        mature = self._sum_rounds >= self.min_rounds
         sequential = set()
-        if self.round >= self.min_rounds:
+        if mature:
             sequential = {i for i in range(self.n) if float(stat[i]) >= self.threshold}
+        if self._held and self._sum_rounds >= self.hold_rounds:
+            self._held = set()
+        # suspects restored by resume() stay until the restarted sums span a full window
+        sequential |= self._held
         suspects = tuple(sorted(set(flagged_round) | sequential))
         hit = torch.zeros(self.n, dtype=torch.float64)
         hit[list(flagged_round)] = 1.0
         self._round_trust.mul_(1 - self.trust_rate).add_((1 - hit) * self.trust_rate)
         seq_factor = ((self.threshold - stat) / (self.threshold - 1)).clamp(0.0, 1.0)
-        if self.round < self.min_rounds:
+        if not mature:
             seq_factor = torch.ones_like(seq_factor)
+        seq_factor[list(self._held)] = 0.0
         self.trust = self._round_trust * seq_factor
         new = self._record(suspects, flagged_round, stat, result.scores)
         for i in flagged_round:
             self.flag_counts[i] += 1
+        cleared = set(self.suspects) - set(suspects)
+        for i in suspects:
+            self._streak[i] += 1
+        for i in cleared:  # a suspicion that did not last is counted as a likely false alarm
+            if self._streak[i] < self.min_rounds:
+                self.estimated_false_positives += 1.0
+            self._streak[i] = 0
         self.statistic, self.suspects = stat, suspects
-        self._publish(result, flagged_round, new)
+        self._publish(result, flagged_round, new, cleared)
         if self.sync_every and self.registry is not None and self.round % self.sync_every == 0:
             self.sync()
         return RoundReport(self.round, flagged_round, suspects, new, self.trust.clone(), stat)
@@ -145,6 +169,8 @@ class ReputationLedger:
         finite = torch.isfinite(result.scores)
         if self._sums is None or self._sums.shape != x.shape:
             self._sums = torch.zeros_like(x)
+            self._sum_rounds = 0
+        self._sum_rounds += 1
         sums = self._sums
         sums.mul_(self.decay)
         rows = finite.nonzero().flatten().to(x.device)
@@ -182,36 +208,14 @@ class ReputationLedger:
                 )
             )
         self.detections.extend(new)
-        self.estimated_false_positives += self._false_alarm_mass(new, suspects, stat, scores)
         return tuple(new)
 
-    def _false_alarm_mass(
-        self,
-        new: list[Detection],
-        suspects: tuple[int, ...],
-        stat: torch.Tensor,
-        scores: torch.Tensor,
-    ) -> float:
-        """Sum over new detections of the chance an honest worker scores that high, with the
-        honest distribution fitted (log-normal) to the workers not suspected this round."""
-        if not new:
-            return 0.0
-        calm = [i for i in range(self.n) if i not in suspects]
-        total = 0.0
-        for det in new:
-            values = stat if det.reason == "sequential" else scores
-            pool = values[calm].to(torch.float64)
-            pool = pool[torch.isfinite(pool) & (pool > 0)]
-            v = float(values[det.worker])
-            if pool.numel() < 2 or not math.isfinite(v) or v <= 0:
-                continue
-            logs = pool.log()
-            mu, sd = float(logs.mean()), max(float(logs.std()), 1e-6)
-            total += 1.0 - _NORMAL.cdf((math.log(v) - mu) / sd)
-        return total
-
     def _publish(
-        self, result: AggResult, flagged_round: tuple[int, ...], new: tuple[Detection, ...]
+        self,
+        result: AggResult,
+        flagged_round: tuple[int, ...],
+        new: tuple[Detection, ...],
+        cleared: set[int],
     ) -> None:
         if self.registry is None:
             return
@@ -239,6 +243,7 @@ class ReputationLedger:
                 )
             )
         moved = (self.trust - self._reported).abs() >= self.trust_step
+        moved[list(cleared)] = True
         for i in moved.nonzero().flatten().tolist():
             bus.publish(
                 WorkerTrustChanged(
@@ -275,11 +280,12 @@ class ReputationLedger:
             "ratio": self.thresholds.ratio,
             "trust_rate": self.trust_rate,
             "trust_step": self.trust_step,
+            "sync_every": self.sync_every,
         }
 
     def sync(self) -> ByzantineDetectorEntity:
         """Commit the current state as the detector entity's next version (the first call
-        registers it); needs a registry."""
+        registers it; nothing is written when nothing changed); needs a registry."""
         if self.registry is None:
             raise ConfigError("this ledger has no registry: pass registry= to persist it")
         if self.entity is None:
@@ -293,7 +299,7 @@ class ReputationLedger:
                     **self.state(),
                 )
             )
-        else:
+        elif any(getattr(self.entity, k) != v for k, v in self.state().items()):
             op = RecordDetectorState(
                 targets=(self.entity.lineage_id,), state=self.state(), reason=f"round {self.round}"
             )
@@ -307,7 +313,7 @@ class ReputationLedger:
     ) -> ReputationLedger:
         """A ledger continuing from a stored detector (an entity, ref or lineage id): trust,
         suspects, counts and detections come back; the accumulated deviations restart."""
-        entity = registry.get(detector)
+        entity = registry.get(detector.ref if isinstance(detector, Entity) else detector)
         if not isinstance(entity, ByzantineDetectorEntity):
             raise ValidationError(f"{detector!r} is not a ByzantineDetectorEntity")
         s = dict(entity.settings)
@@ -322,6 +328,7 @@ class ReputationLedger:
             thresholds=Thresholds(z=s.get("z", 5.0), ratio=s.get("ratio", 1.5)),
             trust_rate=s.get("trust_rate", 0.2),
             trust_step=s.get("trust_step", 0.1),
+            sync_every=s.get("sync_every", 0),
         )
         ledger.registry, ledger.entity = registry, entity
         ledger.round = entity.round
@@ -330,6 +337,7 @@ class ReputationLedger:
             ledger._round_trust = ledger.trust.clone()
             ledger._reported = ledger.trust.clone()
         ledger.suspects = tuple(entity.suspects)
+        ledger._held = set(entity.suspects)
         ledger.flag_counts = list(entity.flag_counts) or [0] * ledger.n
         ledger.detections = list(entity.detections)
         ledger.estimated_false_positives = entity.estimated_false_positives

@@ -117,7 +117,7 @@ class Bucketing(PreAggregator):
         perm = torch.randperm(n, generator=self.generator).to(x.device)
         shuffled = x[perm]
         full = n // self.s
-        out = shuffled[: full * self.s].reshape(full, self.s, -1).mean(dim=1)
+        out = shuffled[: full * self.s].reshape(full, self.s, x.shape[1]).mean(dim=1)
         if full * self.s != n:
             out = torch.cat([out, shuffled[full * self.s :].mean(dim=0, keepdim=True)])
         return out
@@ -154,12 +154,12 @@ class OutlierFilter(PreAggregator):
 
     def transform(self, x: torch.Tensor, f: int) -> torch.Tensor:
         if f == 0:
-            return x
+            return x.clone()
         center = CoordinateMedian()._aggregate(x, 0).vector
         dist = sq_distances_to(x, center)
         flagged = flag_outliers(dist, self.thresholds)
         if not flagged:
-            return x
+            return x.clone()
         worst = sorted(flagged, key=lambda i: float(dist[i]), reverse=True)[:f]
         keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         keep[worst] = False

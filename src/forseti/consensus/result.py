@@ -20,8 +20,9 @@ class AggResult:
     * ``scores``: one suspicion score per worker, shape ``(n,)``, higher is more suspicious: the
       rule's own score where it has one (Krum's), else the squared distance to the aggregate;
       ``inf`` for a worker whose vector held Inf or NaN;
-    * ``weights``: each worker's weight in the aggregate, shape ``(n,)``, summing to 1 (for
-      coordinate-wise rules, the average share of coordinates the worker contributed to);
+    * ``weights``: each worker's weight in the aggregate, shape ``(n,)``, summing to 1: uniform
+      over ``selected`` (for coordinate-wise rules, which mix workers per coordinate, a nominal
+      1/n over the finite workers; ``scores`` say who was far from the result);
     * ``meta``: rule-specific facts (``nonfinite``: the dropped workers; iterations; ...);
     * ``layers``: the aggregate split back into the caller's per-layer shapes when the input was
       a list of per-layer tensors, else ``None``.

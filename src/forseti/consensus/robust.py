@@ -56,7 +56,15 @@ class Robust(Aggregator):
         for p in self.pre:
             p.check(m)
             m = p.buckets(m) if isinstance(p, Bucketing) else m
-        self.agg.check(m)
+        try:
+            self.agg.check(m)
+        except ConfigError as exc:
+            if m == n:
+                raise
+            raise ConfigError(
+                f"{self!r} is infeasible with n={n} workers: bucketing leaves {m} vectors for "
+                f"the rule, and {exc}"
+            ) from None
 
     def min_workers(self, f: int) -> int:
         for n in range(1, 100_000):

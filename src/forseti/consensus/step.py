@@ -77,6 +77,10 @@ class RobustStep:
 
     def __call__(self, gradients: Any) -> StepOutcome:
         g = self._stack(gradients)
+        if self.ledger is not None and self.ledger.n != g.shape[0]:
+            raise ValidationError(
+                f"the ledger tracks {self.ledger.n} workers; got gradients from {g.shape[0]}"
+            )
         if self.momentum:
             if self._buffers is None or self._buffers.shape != g.shape:
                 self._buffers = g.clone()
@@ -84,7 +88,16 @@ class RobustStep:
                 self._buffers.mul_(self.momentum).add_(g, alpha=1 - self.momentum)
             g = self._buffers
         if self.transform is not None:
-            g = self.transform(g)
+            g = self.transform(g.clone())  # the buffers and the caller's tensors stay intact
+            if not isinstance(g, torch.Tensor) or g.dim() != 2 or g.shape[1] != self.dim:
+                shape = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+                raise ValidationError(
+                    f"transform must return an (n, {self.dim}) tensor; got {shape}"
+                )
+            if self.ledger is not None and g.shape[0] != self.ledger.n:
+                raise ValidationError(
+                    f"transform returned {g.shape[0]} vectors; the ledger tracks {self.ledger.n}"
+                )
         excluded = self._suspects(g)
         if excluded:
             # Known suspects are masked as non-finite: the rule drops them and counts them
