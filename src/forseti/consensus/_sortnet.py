@@ -67,13 +67,17 @@ NETWORK_CHUNK = 1 << 20
 
 def reduce_sorted(
     x: torch.Tensor, reduce: Callable[[list[torch.Tensor]], torch.Tensor]
-) -> torch.Tensor:
-    """``reduce`` applied to the column-sorted rows of ``x``, chunk by chunk over ``d``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reduce`` applied to the column-sorted rows of ``x``, chunk by chunk over ``d``, and
+    each row's squared distance to the result (accumulated while the chunk is in cache).
 
     Peak extra memory is one chunk, whatever ``d`` is.
     """
 
     out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
+    scores = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for cols in column_chunks(x, NETWORK_CHUNK):
-        out[cols] = reduce(sorted_rows(x[:, cols]))
-    return out
+        block = x[:, cols]
+        out[cols] = part = reduce(sorted_rows(block))
+        scores += (block - part).square_().sum(dim=1)
+    return out, scores

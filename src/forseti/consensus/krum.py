@@ -164,4 +164,4 @@ def _closest_to_median_mean(x: torch.Tensor, beta: int) -> torch.Tensor:
         idx = torch.topk((values - median).abs_(), beta, dim=0, largest=False).indices
         return values.gather(0, idx).mean(dim=0)
 
-    return reduce_sorted(x, mean_closest)
+    return reduce_sorted(x, mean_closest)[0]
