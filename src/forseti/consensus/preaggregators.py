@@ -50,7 +50,7 @@ class NNM(PreAggregator):
 
 class Clipping(PreAggregator):
     """Clip each vector's norm: to ``threshold`` (static, default 2.0, as ByzFL), or with
-    ``threshold="adaptive"`` as ARC does: the ``floor(2f/n * (n - f))`` largest vectors are
+    ``threshold="adaptive"`` as ARC does: the ``int(2f/n * (n - f))`` largest vectors are
     clipped to the norm of the largest one left alone (ByzFL's ``ARC(f)``)."""
 
     name = "clipping"
@@ -128,9 +128,9 @@ class Bucketing(PreAggregator):
 
 
 class OutlierFilter(PreAggregator):
-    """Drop outliers around the coordinate-wise median: a vector whose squared distance to the
-    median exceeds ``median + z * 1.4826 * MAD`` and ``ratio * median`` of all such distances
-    (see :func:`~forseti.consensus.flag_outliers`) is removed, at most ``f`` of them (the
+    """Drop outliers around the coordinate-wise median: the vectors whose distance to it is an
+    outlier by :func:`~forseti.consensus.flag_outliers` (a robust z-score on the distances and
+    ``ratio`` times the median squared distance) are removed, at most ``f`` of them (the
     farthest), since no more than ``f`` can be Byzantine. Needs ``n >= 2f + 1``.
 
     Followed by :class:`~forseti.consensus.Mean`, it keeps a mean's accuracy on heterogeneous

@@ -67,6 +67,7 @@ class Robust(Aggregator):
             ) from None
 
     def min_workers(self, f: int) -> int:
+        """The fewest workers the stack accepts, each part at its own ``f`` (``f`` is ignored)."""
         for n in range(1, 100_000):
             try:
                 self.check(n)
