@@ -87,7 +87,9 @@ class MultiKrum(_KrumBase):
         scores, _ = self._scores(x, f)
         chosen = torch.topk(scores, m, largest=False).indices
         selected = tuple(sorted(int(i) for i in chosen))
-        return Partial(x[list(selected)].mean(dim=0), selected=selected, scores=scores)
+        weights = torch.zeros(n, dtype=x.dtype, device=x.device)
+        weights[list(selected)] = 1.0 / m
+        return Partial(weights @ x, selected=selected, scores=scores)  # no copy of the rows
 
 
 class Bulyan(Aggregator):
