@@ -114,18 +114,21 @@ class CenteredClipping(Aggregator):
 
     def _aggregate(self, x: torch.Tensor, f: int) -> Partial:
         n, d = x.shape
-        v = torch.zeros_like(x[0]) if self.center is None else self.center.to(x)
+        v = torch.zeros_like(x[0]) if self.center is None else self.center.to(x).clone()
         if v.shape[0] != d:
             raise ValidationError(
                 f"CenteredClipping's center has {v.shape[0]} coordinates; the vectors have {d} "
                 "(call reset() when the model changes)"
             )
         radius = 0.0
+        spare = torch.empty_like(v)  # two buffers, swapped: no fresh d-sized tensor per step
         for _ in range(self.iterations):
             dist = sq_distances_to(x, v).sqrt_()
             radius = float(dist.median()) if self.tau is None else self.tau
             scale = torch.where(dist > radius, radius / dist.clamp_min(1e-30), 1.0).to(x.dtype)
-            # mean_i scale_i (x_i - v), as one GEMV
-            v = v + (scale @ x - scale.sum() * v) / n
+            # v + mean_i scale_i (x_i - v), as one GEMV
+            total = float(scale.sum())
+            torch.addmv(v, x.T, scale, beta=1.0 - total / n, alpha=1.0 / n, out=spare)
+            v, spare = spare, v
         self.center = v.detach().clone()
         return Partial(v, meta={"tau": radius})
