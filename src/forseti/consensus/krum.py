@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from ._sortnet import reduce_sorted
+from ._sortnet import NETWORK_CHUNK, sorted_rows
+from ._tensors import column_chunks
 from .base import Aggregator, Partial, check_positive
 from .distances import pairwise_sq_distances
 
@@ -123,8 +124,7 @@ class Bulyan(Aggregator):
                 first_scores = scores
             chosen.append(left.pop(argmin_unordered(scores, sub, x, left)))
         selected = tuple(sorted(chosen))
-        picked = x[list(selected)]
-        vector = _closest_to_median_mean(picked, beta)
+        vector = _closest_to_median_mean(x, selected, beta)
         return Partial(vector, selected=selected, scores=first_scores, meta={"beta": beta})
 
 
@@ -153,17 +153,36 @@ def argmin_unordered(
     return int(tied[0])
 
 
-def _closest_to_median_mean(x: torch.Tensor, beta: int) -> torch.Tensor:
-    """Per coordinate, the mean of the ``beta`` values closest to the median (chunked)."""
-    m = x.shape[0]
-    if beta >= m:
-        return x.mean(dim=0)
+def _closest_to_median_mean(x: torch.Tensor, rows: tuple[int, ...], beta: int) -> torch.Tensor:
+    """Per coordinate, the mean of the ``beta`` values of ``x[rows]`` closest to their median.
+
+    Those values are a window of ``beta`` consecutive sorted values, the one reaching least far
+    from the median (ties: the lowest window, so the result does not depend on worker order):
+    a running sum over the ``m - beta + 1`` windows, chunk by chunk, the selected rows gathered
+    per chunk (never copied whole).
+    """
+
+    index = torch.tensor(rows, device=x.device)
+    m = len(rows)
+    out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
     lo, hi = (m - 1) // 2, m // 2
-
-    def mean_closest(rows: list[torch.Tensor]) -> torch.Tensor:
-        values = torch.stack(rows)
-        median = rows[lo] * 0.5 + rows[hi] * 0.5
-        idx = torch.topk((values - median).abs_(), beta, dim=0, largest=False).indices
-        return values.gather(0, idx).mean(dim=0)
-
-    return reduce_sorted(x, mean_closest)[0]
+    for cols in column_chunks(x, NETWORK_CHUNK * x.shape[0] // max(1, m)):
+        block = x[:, cols].index_select(0, index)
+        if beta >= m:
+            out[cols] = block.mean(dim=0)
+            continue
+        ranked = sorted_rows(block)
+        median = ranked[lo] * 0.5 + ranked[hi] * 0.5
+        total = ranked[0].clone()
+        for row in ranked[1:beta]:
+            total += row
+        best_sum = total.clone()
+        best_reach = torch.maximum(median - ranked[0], ranked[beta - 1] - median)
+        for j in range(1, m - beta + 1):
+            total += ranked[j + beta - 1] - ranked[j - 1]
+            reach = torch.maximum(median - ranked[j], ranked[j + beta - 1] - median)
+            better = reach < best_reach
+            best_reach = torch.where(better, reach, best_reach)
+            best_sum = torch.where(better, total, best_sum)
+        out[cols] = best_sum.div_(beta)
+    return out
