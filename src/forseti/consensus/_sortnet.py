@@ -66,18 +66,22 @@ NETWORK_CHUNK = 1 << 20
 
 
 def reduce_sorted(
-    x: torch.Tensor, reduce: Callable[[list[torch.Tensor]], torch.Tensor]
+    x: torch.Tensor,
+    reduce: Callable[[list[torch.Tensor]], torch.Tensor],
+    mix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``reduce`` applied to the column-sorted rows of ``x``, chunk by chunk over ``d``, and
-    each row's squared distance to the result (accumulated while the chunk is in cache).
+    """``reduce`` applied to the column-sorted rows of ``x`` (of ``mix @ x`` when a mixing
+    matrix is given, as NNM's), chunk by chunk over ``d``, and each row of ``x``'s squared
+    distance to the result (accumulated while the chunk is in cache).
 
-    Peak extra memory is one chunk, whatever ``d`` is.
+    Peak extra memory is one chunk, whatever ``d`` is: a mixed copy of ``x`` never exists.
     """
 
     out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
     scores = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for cols in column_chunks(x, NETWORK_CHUNK):
         block = x[:, cols]
-        out[cols] = part = reduce(sorted_rows(block))
+        rows = sorted_rows(block if mix is None else mix @ block)
+        out[cols] = part = reduce(rows)
         scores += (block - part).square_().sum(dim=1)
     return out, scores

@@ -78,14 +78,14 @@ class CoordinateMedian(Aggregator):
     def parameters(self) -> dict[str, Any]:
         return {"f": self.f}
 
-    def _aggregate(self, x: torch.Tensor, f: int) -> Partial:
-        n = x.shape[0]
+    def _aggregate(self, x: torch.Tensor, f: int, mix: torch.Tensor | None = None) -> Partial:
+        n = x.shape[0] if mix is None else mix.shape[0]
         lo, hi = (n - 1) // 2, n // 2
 
         def middle(rows: list[torch.Tensor]) -> torch.Tensor:
             return rows[lo] if lo == hi else rows[lo] * 0.5 + rows[hi] * 0.5  # no overflow
 
-        vector, scores = reduce_sorted(x, middle)
+        vector, scores = reduce_sorted(x, middle, mix)
         return Partial(vector, scores=scores)
 
 
@@ -102,10 +102,10 @@ class TrimmedMean(Aggregator):
     def parameters(self) -> dict[str, Any]:
         return {"f": self.f}
 
-    def _aggregate(self, x: torch.Tensor, f: int) -> Partial:
-        n = x.shape[0]
+    def _aggregate(self, x: torch.Tensor, f: int, mix: torch.Tensor | None = None) -> Partial:
+        n = x.shape[0] if mix is None else mix.shape[0]
         if f == 0:
-            return Partial(x.mean(dim=0))
+            return Partial(x.mean(dim=0) if mix is None else mix.mean(dim=0) @ x)
         keep = n - 2 * f
 
         def inner_mean(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -114,5 +114,5 @@ class TrimmedMean(Aggregator):
                 total += row
             return total.div_(keep)
 
-        vector, scores = reduce_sorted(x, inner_mean)
+        vector, scores = reduce_sorted(x, inner_mean, mix)
         return Partial(vector, scores=scores, meta={"trimmed_per_side": f})

@@ -36,16 +36,21 @@ class NNM(PreAggregator):
         return {"f": self.f}
 
     def transform(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        return self.mixing(x, f) @ x
+
+    def mixing(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        """The ``(n, n)`` matrix ``W`` with ``transform(x) == W @ x``: row ``i`` holds
+        ``1 / (n - f)`` at ``x_i``'s nearest neighbours (a rule can then mix chunk by chunk)."""
         n = x.shape[0]
         k = n - f
         if k >= n:
-            return x.mean(dim=0, keepdim=True).expand(n, -1).clone()
+            return torch.full((n, n), 1.0 / n, dtype=x.dtype, device=x.device)
         dist = pairwise_sq_distances(x)
         dist.fill_diagonal_(-1.0)  # each vector is its own nearest neighbour, even among copies
         idx = torch.topk(dist, k, dim=1, largest=False).indices
         mix = torch.zeros(n, n, dtype=x.dtype, device=x.device)
         mix.scatter_(1, idx.to(x.device), 1.0 / k)
-        return mix @ x
+        return mix
 
 
 class Clipping(PreAggregator):

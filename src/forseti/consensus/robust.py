@@ -40,6 +40,12 @@ class Robust(Aggregator):
         super().__init__(agg.f)
         self.pre = pre
         self.agg = agg
+        # the default stack's shape: its mixing is applied per chunk inside the sorting network
+        self._fused_nnm = (
+            len(pre) == 1
+            and type(pre[0]) is NNM
+            and type(agg) in (CoordinateMedian, TrimmedMean)
+        )
 
     def parameters(self) -> dict[str, Any]:
         return {"pre": [p.config() for p in self.pre], "agg": self.agg.config()}
@@ -81,9 +87,18 @@ class Robust(Aggregator):
         n = x.shape[0]
         self.check(n)
         finite, bad = finite_split(x)
+        if self._fused_nnm:  # NNM then a coordinate-wise rule: mix chunk by chunk, no copy
+            nnm = self.pre[0]
+            assert isinstance(nnm, NNM) and isinstance(self.agg, CoordinateMedian | TrimmedMean)
+            mix = nnm.mixing(finite, max(0, nnm.f - len(bad)))
+            inner = self.agg._aggregate(finite, max(0, self.agg.f - len(bad)), mix)
+            meta: dict[str, Any] = {"rule": self.agg.name, "rule_meta": inner.meta}
+            part = Partial(inner.vector, scores=inner.scores, meta=meta)
+            f_eff = max(0, self.f - len(bad))
+            return assemble(part, finite, n, bad, layout.split(inner.vector), f_eff)
         y, dropped = self._pre(finite, len(bad))
         inner = self.agg._aggregate(y, max(0, self.agg.f - dropped))
-        meta: dict[str, Any] = {"rule": self.agg.name, "rule_meta": inner.meta}
+        meta = {"rule": self.agg.name, "rule_meta": inner.meta}
         if inner.selected is not None:
             meta["rule_selected"] = inner.selected
         part = Partial(inner.vector, meta=meta)
