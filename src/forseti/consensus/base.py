@@ -151,21 +151,24 @@ def assemble(
 ) -> AggResult:
     """Map a rule's result over the finite rows back to all ``n`` workers."""
     m = finite.shape[0]
-    index = [i for i in range(n) if i not in set(bad)] if bad else list(range(n))
     local_sel = tuple(range(m)) if part.selected is None else part.selected
     scores_local = part.scores if part.scores is not None else sq_distances_to(finite, part.vector)
+    scores_local = scores_local.detach().to(device="cpu", dtype=torch.float64)
     if part.weights is not None:
-        weights_local = part.weights
+        weights_local = part.weights.detach().to(device="cpu", dtype=torch.float64)
     else:
         weights_local = torch.zeros(m, dtype=torch.float64)
         weights_local[list(local_sel)] = 1.0 / len(local_sel)
-    scores = torch.full((n,), float("inf"), dtype=torch.float64)
-    weights = torch.zeros(n, dtype=torch.float64)
-    scores[index] = scores_local.detach().to(torch.float64).cpu()
-    weights[index] = weights_local.detach().to(torch.float64).cpu()
     meta = dict(part.meta)
     meta["nonfinite"] = tuple(bad)
     meta["f_effective"] = f_eff
+    if not bad:  # every worker was finite: local indices are worker indices
+        return AggResult(part.vector, local_sel, scores_local, weights_local, meta, layers)
+    index = [i for i in range(n) if i not in set(bad)]
+    scores = torch.full((n,), float("inf"), dtype=torch.float64)
+    weights = torch.zeros(n, dtype=torch.float64)
+    scores[index] = scores_local
+    weights[index] = weights_local
     return AggResult(
         vector=part.vector,
         selected=tuple(index[i] for i in local_sel),
