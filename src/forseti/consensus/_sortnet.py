@@ -79,9 +79,11 @@ def reduce_sorted(
 
     out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
     scores = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for cols in column_chunks(x, NETWORK_CHUNK):
+    # small inputs in at least four chunks, so the working set stays well under the input
+    elements = min(NETWORK_CHUNK, max(NETWORK_CHUNK // 4, x.numel() // 4))
+    for cols in column_chunks(x, elements):
         block = x[:, cols]
-        rows = sorted_rows(block if mix is None else mix @ block)
-        out[cols] = part = reduce(rows)
+        # the sorted rows die before the scores' temporary is made: one chunk alive at a time
+        out[cols] = part = reduce(sorted_rows(block if mix is None else mix @ block))
         scores += (block - part).square_().sum(dim=1)
     return out, scores
