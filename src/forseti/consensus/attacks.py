@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError, ValidationError
 from ._tensors import as_matrix
-from .base import check_f, check_positive
+from .base import check_f, check_positive, parse_config
 
 __all__ = [
     "Attack",
@@ -339,24 +339,7 @@ def build_attack(
     one loop can build every attack against the rule under test.
     """
 
-    if isinstance(config, str):
-        config = {"name": config}
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"an attack config must be a mapping or a name; got {config!r}")
-    extra = set(config) - {"name", "parameters"}
-    if extra:
-        raise ConfigError(f"unexpected keys in an attack config: {sorted(extra)}")
-    name = config.get("name")
-    by_class = {cls.__name__: cls for cls in _REGISTRY.values()}
-    cls = (_REGISTRY.get(name) or by_class.get(name)) if isinstance(name, str) else None
-    if cls is None:
-        raise ConfigError(
-            f"unknown attack {name!r}; known: {', '.join(sorted(_REGISTRY))} (or their class names)"
-        )
-    params = config.get("parameters") or {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"'parameters' must be a mapping; got {params!r}")
-    params = dict(params)
+    cls, params = parse_config(config, "attack", _REGISTRY)
     if getattr(cls, "needs_aggregator", False):
         if aggregator is not None:
             params["aggregator"] = aggregator
@@ -368,9 +351,10 @@ def build_attack(
                 "aggregator=rule) or an 'aggregator' config in its parameters"
             )
     try:
-        return cls(**params)
+        attack: Attack = cls(**params)
     except TypeError as exc:
         raise ConfigError(f"bad parameters for attack {cls.name!r}: {exc}") from None
+    return attack
 
 
 # Registers OptimalALIE and OptimalIPM in ATTACKS (they subclass Attack, so they come after it).

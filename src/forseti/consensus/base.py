@@ -14,6 +14,7 @@ base class does everything else the same way for all of them:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from ._tensors import as_matrix
 from .distances import sq_distances_to
 from .result import AggResult
 
-__all__ = ["Aggregator", "PreAggregator", "Partial", "check_f", "finite_split"]
+__all__ = ["Aggregator", "PreAggregator", "Partial", "check_f", "finite_split", "parse_config"]
 
 
 def check_f(f: Any, what: str = "f") -> int:
@@ -43,6 +44,31 @@ def check_positive(value: Any, what: str, *, integer: bool = False) -> Any:
     if not integer and value == float("inf"):
         raise ConfigError(f"{what} must be finite; got {value!r}")
     return value
+
+
+def parse_config(
+    config: Any, what: str, table: Mapping[str, type[Any]]
+) -> tuple[type[Any], dict[str, Any]]:
+    """The class and the parameters named by ``{"name": ..., "parameters": {...}}`` (or a bare
+    name; class names work too), looked up in ``table``; ``ConfigError`` on anything else."""
+    if isinstance(config, str):
+        config = {"name": config}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a {what} config must be a mapping or a name; got {config!r}")
+    extra = set(config) - {"name", "parameters"}
+    if extra:
+        raise ConfigError(f"unexpected keys in a {what} config: {sorted(extra)}")
+    name = config.get("name")
+    by_class = {cls.__name__: cls for cls in table.values()}
+    cls = (table.get(name) or by_class.get(name)) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(
+            f"unknown {what} {name!r}; known: {', '.join(sorted(table))} (or their class names)"
+        )
+    params = config.get("parameters") or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"'parameters' must be a mapping; got {params!r}")
+    return cls, dict(params)
 
 
 def finite_split(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ._tensors import as_matrix
-from .base import Aggregator, Partial, PreAggregator, assemble, finite_split
+from .base import Aggregator, Partial, PreAggregator, assemble, finite_split, parse_config
 from .coordinate import CoordinateMedian, Mean, TrimmedMean
 from .iterative import CenteredClipping, GeometricMedian
 from .krum import Bulyan, Krum, MultiKrum
@@ -139,19 +139,6 @@ PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
 }
 
 
-def _lookup(name: Any) -> type[Aggregator] | type[PreAggregator]:
-    if not isinstance(name, str):
-        raise ConfigError(f"a rule's name must be a string; got {name!r}")
-    table: dict[str, Any] = {**RULES, **PRE_AGGREGATORS}
-    by_class = {cls.__name__: cls for cls in table.values()}
-    cls = table.get(name) or by_class.get(name)
-    if cls is None:
-        raise ConfigError(
-            f"unknown rule {name!r}; known: {', '.join(sorted(table))} (or their class names)"
-        )
-    return cls  # type: ignore[no-any-return]
-
-
 def build(config: Mapping[str, Any] | str) -> Aggregator | PreAggregator:
     """A rule or pre-aggregator from ``{"name": ..., "parameters": {...}}`` (or just a name).
 
@@ -160,18 +147,7 @@ def build(config: Mapping[str, Any] | str) -> Aggregator | PreAggregator:
     ``config()`` is accepted back. Unknown names and bad parameters raise ``ConfigError``.
     """
 
-    if isinstance(config, str):
-        config = {"name": config}
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"a rule config must be a mapping or a name; got {config!r}")
-    extra = set(config) - {"name", "parameters"}
-    if extra:
-        raise ConfigError(f"unexpected keys in a rule config: {sorted(extra)}")
-    cls = _lookup(config.get("name"))
-    params = config.get("parameters") or {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"'parameters' must be a mapping; got {params!r}")
-    params = dict(params)
+    cls, params = parse_config(config, "rule", {**RULES, **PRE_AGGREGATORS})
     if cls is Robust:
         pre = [build(p) for p in params.pop("pre", [])]
         agg = build(params.pop("agg", None) or {})
@@ -179,9 +155,10 @@ def build(config: Mapping[str, Any] | str) -> Aggregator | PreAggregator:
             raise ConfigError(f"unexpected parameters for robust: {sorted(params)}")
         return Robust(pre=pre, agg=agg)  # type: ignore[arg-type]
     try:
-        return cls(**params)
+        rule: Aggregator | PreAggregator = cls(**params)
     except TypeError as exc:
         raise ConfigError(f"bad parameters for {cls.name!r}: {exc}") from None
+    return rule
 
 
 def default_rule(f: int) -> Robust:
