@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError, ValidationError
 from ._tensors import as_matrix
-from .base import check_f, check_positive, parse_config
+from .base import check_f, check_number, check_positive, parse_config
 
 __all__ = [
     "Attack",
@@ -55,15 +55,6 @@ __all__ = [
 _REGISTRY: dict[str, type[Attack]] = {}
 ATTACKS: Mapping[str, type[Attack]] = MappingProxyType(_REGISTRY)
 """Every attack class by its config name (the optimised attacks included)."""
-
-
-def check_number(value: Any, what: str, *, minimum: float | None = None) -> float:
-    """A finite real number (bools refused), at least ``minimum`` when given."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{what} must be a finite number; got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{what} must be >= {minimum}; got {value!r}")
-    return float(value)
 
 
 def _honest(honest: Any, *, need: int = 1, why: str = "") -> torch.Tensor:

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ConfigError
-from .attacks import Attack, _std, check_number
-from .base import check_positive
+from .attacks import Attack, _std
+from .base import check_number, check_positive
 
 __all__ = ["OptimalALIE", "OptimalIPM"]
 

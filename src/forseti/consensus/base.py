@@ -13,6 +13,7 @@ base class does everything else the same way for all of them:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,16 @@ from ._tensors import as_matrix
 from .distances import sq_distances_to
 from .result import AggResult
 
-__all__ = ["Aggregator", "PreAggregator", "Partial", "check_f", "finite_split", "parse_config"]
+__all__ = [
+    "Aggregator",
+    "PreAggregator",
+    "Partial",
+    "check_f",
+    "check_number",
+    "check_positive",
+    "finite_split",
+    "parse_config",
+]
 
 
 def check_f(f: Any, what: str = "f") -> int:
@@ -44,6 +54,36 @@ def check_positive(value: Any, what: str, *, integer: bool = False) -> Any:
     if not integer and value == float("inf"):
         raise ConfigError(f"{what} must be finite; got {value!r}")
     return value
+
+
+def check_number(
+    value: Any,
+    what: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_below: bool = False,
+    open_above: bool = False,
+) -> float:
+    """A finite real number (bools refused) within the given bounds, as a float.
+
+    ``minimum``/``maximum`` are inclusive unless ``open_below``/``open_above``; the error names
+    the interval, e.g. ``decay must be in (0, 1]``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number; got {value!r}")
+    low_ok = minimum is None or (value > minimum if open_below else value >= minimum)
+    high_ok = maximum is None or (value < maximum if open_above else value <= maximum)
+    if not (low_ok and high_ok):
+        if minimum is not None and maximum is not None:
+            left, right = "(" if open_below else "[", ")" if open_above else "]"
+            bounds = f"in {left}{minimum:g}, {maximum:g}{right}"
+        elif minimum is not None:
+            bounds = f"{'>' if open_below else '>='} {minimum:g}"
+        else:
+            bounds = f"{'<' if open_above else '<='} {maximum:g}"
+        raise ConfigError(f"{what} must be {bounds}; got {value!r}")
+    return float(value)
 
 
 def parse_config(

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, ValidationError
+from ..errors import ValidationError
+from .base import check_number
 from .result import AggResult
 
 __all__ = ["flag_outliers", "Thresholds", "detection_rates", "DetectionRates"]
@@ -32,12 +33,8 @@ class Thresholds:
     ratio: float = 1.5
 
     def __post_init__(self) -> None:
-        for name in ("z", "ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number; got {value!r}")
-        if self.ratio < 1:
-            raise ConfigError(f"ratio must be at least 1; got {self.ratio!r}")
+        check_number(self.z, "z", minimum=0.0, open_below=True)
+        check_number(self.ratio, "ratio", minimum=1.0)
 
 
 def flag_outliers(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import ConfigError, ValidationError
-from .base import Aggregator, Partial, check_positive
+from .base import Aggregator, Partial, check_number, check_positive
 from .coordinate import CoordinateMedian
 from .distances import sq_distances_to
 
@@ -41,9 +41,7 @@ class GeometricMedian(Aggregator):
         super().__init__(f)
         self.nu = check_positive(nu, "nu")
         self.max_iter = check_positive(max_iter, "max_iter", integer=True)
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < 1:
-            raise ConfigError(f"tol must be a number in [0, 1); got {tol!r}")
-        self.tol = float(tol)
+        self.tol = check_number(tol, "tol", minimum=0.0, maximum=1.0, open_above=True)
         if init not in ("median", "mean", "zeros"):
             raise ConfigError(f"init must be 'median', 'mean' or 'zeros'; got {init!r}")
         self.init: Init = init

@@ -33,7 +33,7 @@ import torch
 from ..entities import Entity
 from ..errors import ConfigError, ValidationError
 from ._tensors import as_matrix
-from .base import Aggregator, check_f, check_positive
+from .base import Aggregator, check_f, check_number, check_positive
 from .detection import Thresholds, flag_outliers
 from .distances import pairwise_sq_distances
 from .entities import ByzantineDetectorEntity, Detection, RecordDetectorState
@@ -78,21 +78,16 @@ class ReputationLedger:
     ) -> None:
         self.n = check_positive(n_workers, "n_workers", integer=True)
         self.f = check_f(f)
-        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
-            raise ConfigError(f"decay must be in (0, 1]; got {decay!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 1:
-            raise ConfigError(f"threshold must be a number > 1; got {threshold!r}")
-        for what, value in (("trust_rate", trust_rate), ("trust_step", trust_step)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-                raise ConfigError(f"{what} must be in (0, 1]; got {value!r}")
-        if isinstance(min_rounds, bool) or not isinstance(min_rounds, int) or min_rounds < 1:
-            raise ConfigError(f"min_rounds must be a positive integer; got {min_rounds!r}")
-        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0:
-            raise ConfigError(f"sync_every must be a non-negative integer; got {sync_every!r}")
-        self.decay, self.threshold = float(decay), float(threshold)
-        self.min_rounds, self.sync_every = min_rounds, sync_every
+        def fraction(value: Any, what: str) -> float:  # in (0, 1]
+            return check_number(value, what, minimum=0.0, maximum=1.0, open_below=True)
+
+        self.decay = fraction(decay, "decay")
+        self.threshold = check_number(threshold, "threshold", minimum=1.0, open_below=True)
+        self.trust_rate = fraction(trust_rate, "trust_rate")
+        self.trust_step = fraction(trust_step, "trust_step")
+        self.min_rounds = check_positive(min_rounds, "min_rounds", integer=True)
+        self.sync_every = check_f(sync_every, "sync_every")
         self.thresholds = thresholds or Thresholds()
-        self.trust_rate, self.trust_step = float(trust_rate), float(trust_step)
         self.rule, self.registry, self.name = rule, registry, name
         self.round = 0
         self._sums: torch.Tensor | None = None

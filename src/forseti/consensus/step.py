@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError, ValidationError
 from ._tensors import as_matrix
-from .base import Aggregator
+from .base import Aggregator, check_number
 from .distances import sq_distances_to
 from .ledger import ReputationLedger, RoundReport
 from .result import AggResult
@@ -63,10 +63,7 @@ class RobustStep:
             raise ConfigError("RobustStep needs at least one parameter that requires grad")
         if not isinstance(aggregator, Aggregator):
             raise ConfigError(f"aggregator must be a forseti.consensus rule; got {aggregator!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, int | float):
-            raise ConfigError(f"momentum must be a number in [0, 1); got {momentum!r}")
-        if not 0 <= momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1); got {momentum!r}")
+        momentum = check_number(momentum, "momentum", minimum=0.0, maximum=1.0, open_above=True)
         self.optimizer, self.aggregator = optimizer, aggregator
         if exclude_suspects and ledger is None:
             raise ConfigError("exclude_suspects needs a ledger (it says who the suspects are)")
