@@ -56,12 +56,8 @@ PRE_MAKERS: dict[str, PreMaker] = {
     "clipping": lambda f: C.Clipping(1.5),
     "arc": lambda f: C.Clipping("adaptive", f=f),
     "bucketing": lambda f: C.Bucketing(2, seed=7),
+    "outlier_filter": lambda f: C.OutlierFilter(f),
 }
-
-if hasattr(C, "OutlierFilter"):
-    PRE_MAKERS["outlier_filter"] = lambda f: C.OutlierFilter(f)
-if hasattr(C, "heterogeneous_rule"):
-    RULE_MAKERS["heterogeneous_rule"] = lambda f: C.heterogeneous_rule(f)
 
 # The rules a stack ends with (every rule but the stack itself and the iterative ones' variants).
 STACK_AGGS = [

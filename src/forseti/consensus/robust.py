@@ -87,21 +87,20 @@ class Robust(Aggregator):
         n = x.shape[0]
         self.check(n)
         finite, bad = finite_split(x)
+        scores = None  # the original vectors' squared distances to the result (assemble's default)
         if self._fused_nnm:  # NNM then a coordinate-wise rule: mix chunk by chunk, no copy
             nnm = self.pre[0]
             assert isinstance(nnm, NNM) and isinstance(self.agg, CoordinateMedian | TrimmedMean)
             mix = nnm.mixing(finite, max(0, nnm.f - len(bad)))
             inner = self.agg._aggregate(finite, max(0, self.agg.f - len(bad)), mix)
-            meta: dict[str, Any] = {"rule": self.agg.name, "rule_meta": inner.meta}
-            part = Partial(inner.vector, scores=inner.scores, meta=meta)
-            f_eff = max(0, self.f - len(bad))
-            return assemble(part, finite, n, bad, layout.split(inner.vector), f_eff)
-        y, dropped = self._pre(finite, len(bad))
-        inner = self.agg._aggregate(y, max(0, self.agg.f - dropped))
-        meta = {"rule": self.agg.name, "rule_meta": inner.meta}
+            scores = inner.scores  # computed against the original rows, in the same pass
+        else:
+            y, dropped = self._pre(finite, len(bad))
+            inner = self.agg._aggregate(y, max(0, self.agg.f - dropped))
+        meta: dict[str, Any] = {"rule": self.agg.name, "rule_meta": inner.meta}
         if inner.selected is not None:
             meta["rule_selected"] = inner.selected
-        part = Partial(inner.vector, meta=meta)
+        part = Partial(inner.vector, scores=scores, meta=meta)
         return assemble(part, finite, n, bad, layout.split(inner.vector), max(0, self.f - len(bad)))
 
     def transform(self, x: torch.Tensor, dropped: int = 0) -> torch.Tensor:
