@@ -52,7 +52,6 @@ machine is shared); the median is in ``extra``. ``torch.set_num_threads(1)``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import statistics
 import sys
@@ -61,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import REPO_ROOT, Result, paused_gc, setup_paths
+from common import REPO_ROOT, Result, can_measure_memory, measured_call, paused_gc, setup_paths
 
 setup_paths()
 
@@ -96,60 +95,6 @@ MEMORY_METHOD = (
     "peak RSS above the pre-call RSS (VmHWM reset via /proc/self/clear_refs after "
     "malloc_trim); counts all of torch's CPU allocations, the output included"
 )
-
-
-# -- memory ------------------------------------------------------------------------------------
-
-
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def _status_bytes() -> dict[str, int]:
-    out: dict[str, int] = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _can_measure_memory() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        _status_bytes()["VmHWM"]
-    except (OSError, KeyError):
-        return False
-    return True
-
-
-def _measured_call(fn: Callable[[], Any], memory: bool) -> tuple[float, int | None]:
-    """One call of ``fn``: its seconds, and its peak extra resident memory (bytes) if asked.
-
-    No ``gc.collect()`` here (a quarter of a second with torch, scipy and byzfl loaded): the
-    caller collects once and pauses the collector; tensors are freed by reference counting.
-    """
-    before = None
-    if memory:
-        if _LIBC is not None:
-            _LIBC.malloc_trim(0)  # hand freed heap pages back, so the call must touch its own
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # VmHWM := VmRSS
-        before = _status_bytes()["VmRSS"]
-    t0 = time.perf_counter()
-    out = fn()
-    elapsed = time.perf_counter() - t0
-    peak = _status_bytes()["VmHWM"] - before if before is not None else None
-    del out
-    return elapsed, peak
 
 
 # -- cases -------------------------------------------------------------------------------------
@@ -336,7 +281,7 @@ def _measure_memory(cases: list[Case], elements: int, estimate: dict[str, float]
         if elements > (RULE_MEMORY_LIMIT if case.rule else BASELINE_MEMORY_LIMIT):
             continue
         try:
-            elapsed, peak = _measured_call(case.fn, True)
+            elapsed, peak = measured_call(case.fn, True)
         except Exception as exc:  # noqa: BLE001 - a baseline refusing the size (quantile)
             case.error = _error(exc)
             continue
@@ -545,7 +490,7 @@ def run(quick: bool) -> list[Result]:
     if MISSING is not None:
         return [Result("consensus speed", skipped=MISSING, group=GROUP)]
     torch.set_num_threads(1)
-    memory = _can_measure_memory()
+    memory = can_measure_memory()
     for n in sorted({n for n, _ in _configs(quick)}):  # lazy initialisation, off the clock
         warm = _cases(_input(n, 2048), quick=False)
         for case in warm:

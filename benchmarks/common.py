@@ -13,6 +13,7 @@ Conventions
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import math
 import os
@@ -38,6 +39,8 @@ __all__ = [
     "paused_gc",
     "fmt_seconds",
     "error_result",
+    "can_measure_memory",
+    "measured_call",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -316,3 +319,61 @@ def machine_info() -> dict[str, Any]:
     except Exception as exc:  # pragma: no cover
         info["forseti"] = f"not importable: {exc}"
     return info
+
+
+# -- peak memory -------------------------------------------------------------------------------
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def _status_bytes() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def can_measure_memory() -> bool:
+    """Whether :func:`measured_call` can measure memory here (Linux ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _status_bytes()["VmHWM"]
+    except (OSError, KeyError):
+        return False
+    return True
+
+
+def measured_call(fn: Callable[[], Any], memory: bool) -> tuple[float, int | None]:
+    """One call of ``fn``: its seconds, and its peak extra resident memory (bytes) if asked.
+
+    The peak is the resident-set high water mark (``VmHWM``, reset through
+    ``/proc/self/clear_refs`` after glibc's ``malloc_trim(0)``) minus the resident set just
+    before the call: every page the call touches counts (tracemalloc sees none of torch's), its
+    result included; the page cache of files it writes does not. No ``gc.collect()`` here: the
+    caller collects once and pauses the collector.
+    """
+    before = None
+    if memory:
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)  # hand freed heap pages back, so the call must touch its own
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # VmHWM := VmRSS
+        before = _status_bytes()["VmRSS"]
+    t0 = time.perf_counter()
+    out = fn()
+    elapsed = time.perf_counter() - t0
+    peak = _status_bytes()["VmHWM"] - before if before is not None else None
+    del out
+    return elapsed, peak

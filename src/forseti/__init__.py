@@ -30,6 +30,7 @@ from .errors import (
     BackpressureError,
     ConfigError,
     ConflictError,
+    DecryptionError,
     DuplicateOperationError,
     ForsetiError,
     IntegrityError,
@@ -72,7 +73,7 @@ from .operations import (
     StructuralOperation,
     with_conflict_resolution,
 )
-from .registry import AsyncEntityRegistry, EntityRegistry, aopen, open
+from .registry import AsyncEntityRegistry, EntityRegistry, aopen, generate_blob_key, open
 from .registry.callables import CallableRegistry, CallRecord, FunctionEntity, FunctionSpec, callable
 from .registry.eventlog import Projection, ProjectionReport, StoredEvent
 from .trees import CycleError, EntityTree
@@ -92,9 +93,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``fs.gspo`` and ``fs.consensus``: imported on first use (they need torch, which
-    ``import forseti`` does not)."""
-    if name in ("gspo", "consensus"):
+    """``fs.gspo``, ``fs.consensus`` and ``fs.export``: imported on first use (they need torch,
+    which ``import forseti`` does not)."""
+    if name in ("gspo", "consensus", "export"):
         import importlib
 
         return importlib.import_module(f"forseti.{name}")
@@ -105,6 +106,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "__version__",
     "open",
+    "generate_blob_key",
     "aopen",
     "EntityRegistry",
     "AsyncEntityRegistry",
@@ -177,6 +179,7 @@ __all__ = [
     "NotFoundError",
     "UnknownEntityTypeError",
     "IntegrityError",
+    "DecryptionError",
     "ConfigError",
     "SchemaVersionError",
     "StoreClosedError",

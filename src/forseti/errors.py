@@ -16,6 +16,7 @@ __all__ = [
     "NotFoundError",
     "UnknownEntityTypeError",
     "IntegrityError",
+    "DecryptionError",
     "ConfigError",
     "SchemaVersionError",
     "StoreClosedError",
@@ -82,6 +83,11 @@ class UnknownEntityTypeError(NotFoundError):
 
 class IntegrityError(ForsetiError):
     """Stored bytes do not match their recorded hash: tampered, truncated or corrupted data."""
+
+
+class DecryptionError(IntegrityError):
+    """An encrypted blob cannot be read: no key was given, or the key is not the one it was
+    encrypted under. (A tampered ciphertext is a plain :class:`IntegrityError`.)"""
 
 
 class ConfigError(ForsetiError, ValueError):

@@ -6,6 +6,7 @@
 ``forseti history``  every version of one lineage and what changed in each
 ``forseti lineage``  the tree of a version: a model's evolution, a pipeline's stages, runs and
                      checkpoints, or what anything else came from (text, Mermaid or DOT)
+``forseti export``   a checkpoint as safetensors, ONNX or GGUF, verified and recorded
 
 Each takes ``--url`` (default: ``$FORSETI_URL``, else ``sqlite:///.forseti/forseti.db``) and
 ``--plain``. Output uses ``rich`` when it is installed and plain text otherwise. Exit status: 0 on
@@ -31,6 +32,7 @@ from ..trees import EntityTree, model_lineage, pipeline_tree
 from ..trees.discover import resolve
 from ..trees.labels import node_label
 from .demo import DemoFailure, run_tour
+from .export_cmd import add_export_parser
 from .output import Printer, blob_root, history_table, kind, label
 
 __all__ = ["main"]
@@ -183,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
         help="text (default), a Mermaid flowchart, or Graphviz DOT",
     )
     lineage.set_defaults(func=_cmd_lineage)
+    add_export_parser(sub, common)
     return parser
 
 

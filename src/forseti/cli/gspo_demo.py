@@ -82,6 +82,11 @@ def run_gspo_demo(args: argparse.Namespace, out: Printer) -> int:
             f"forseti lineage {ckpt.lineage_id} --url {reg.url}   # what the checkpoint came from",
             soft_wrap=True,
         )
+        out.line(
+            f"forseti export {ckpt.lineage_id} --url {reg.url} --format gguf -o reverse.gguf"
+            "   # for llama.cpp (also: onnx, safetensors)",
+            soft_wrap=True,
+        )
     return 0
 
 

@@ -1,8 +1,8 @@
 """The AI entity types: models, checkpoints, datasets, configs, runs, pipelines and stages.
 
 Each is validated when it is built (and so when it is evolved): counts and sizes are positive, a
-checkpoint references the exact run and model versions it came from, a run's step never exceeds
-its total, a finished run says when it finished.
+checkpoint references the exact model version (and run version, or an explicit ``None``) it came
+from, a run's step never exceeds its total, a finished run says when it finished.
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ class ModelEntity(Entity):
 
 
 class CheckpointEntity(Entity):
-    """A snapshot of a run's model at one step. It must name the exact run and model versions."""
+    """A snapshot of a model's weights at one step. It names the exact model version, and the
+    exact run version when it came from one (``run=None``: weights from outside, e.g. imported)."""
 
     entity_type: ClassVar[str] = "forseti.Checkpoint"
 
-    run: EntityRef
+    run: EntityRef | None
     model: EntityRef
     step: NonNegativeInt
     weights: BlobRef

@@ -237,6 +237,7 @@ _TYPES["forseti.Entity"] = Entity
 LAZY_TYPE_PACKAGES: dict[str, str] = {
     "forseti.gspo.": "forseti.gspo",
     "forseti.consensus.": "forseti.consensus",
+    "forseti.export.": "forseti.export",
 }
 
 

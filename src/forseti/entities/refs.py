@@ -104,6 +104,9 @@ class BlobRef(BaseModel):
     sha256: str = Field(description="lower-case hex sha256 of the content")
     size: int = Field(ge=0, description="size of the content in bytes")
     format: str = Field(default="bin", description="content format, e.g. 'safetensors', 'onnx', 'gguf'")
+    encrypted: bool = Field(
+        default=False, description="stored AES-GCM encrypted (reading it needs the registry's key)"
+    )
 
     def __init__(self, /, **data: Any) -> None:
         try:
@@ -128,4 +131,5 @@ class BlobRef(BaseModel):
         return v
 
     def __str__(self) -> str:
-        return f"{self.format}:{self.sha256[:12]}…({self.size} B)"
+        lock = ", encrypted" if self.encrypted else ""
+        return f"{self.format}:{self.sha256[:12]}…({self.size} B{lock})"

@@ -297,7 +297,11 @@ class GSPOTrainer:
         """A trainer that continues the run of ``checkpoint`` from its step (weights, optimizer
         and random generators restored; hashes verified before anything is loaded)."""
         ckpt = checkpoint if isinstance(checkpoint, CheckpointEntity) else reg.get(checkpoint)
-        if not isinstance(ckpt, CheckpointEntity) or ckpt.optimizer_state is None:
+        if (
+            not isinstance(ckpt, CheckpointEntity)
+            or ckpt.optimizer_state is None
+            or ckpt.run is None
+        ):
             raise ValidationError(f"{ckpt.ref} is not a GSPO checkpoint with a training state")
         run = reg.get(ckpt.run)
         if not isinstance(run, GSPOTrainingRunEntity) or run.config is None:

@@ -9,6 +9,7 @@ import anyio.to_thread
 from .aio import AsyncEntityRegistry
 from .blobs import BlobStore, FileBlobStore, MemoryBlobStore
 from .core import Alias, EntityRegistry
+from .encryption import BlobCipher, generate_blob_key
 from .records import AliasRecord, EdgeRecord, EventRecord, VersionRecord, WriteBatch
 from .schema import SCHEMA_VERSION
 from .stores.base import Store
@@ -31,6 +32,8 @@ __all__ = [
     "WriteBatch",
     "SCHEMA_VERSION",
     "DEFAULT_URL",
+    "BlobCipher",
+    "generate_blob_key",
 ]
 
 
@@ -38,6 +41,7 @@ def open(  # noqa: A001 - the public name is forseti.open
     url: str | None = None,
     *,
     blob_dir: str | os.PathLike[str] | None = None,
+    blob_key: bytes | None = None,
     event_batch_size: int = 1000,
     event_interval: float = 0.05,
 ) -> EntityRegistry:
@@ -48,8 +52,15 @@ def open(  # noqa: A001 - the public name is forseti.open
     ``$FORSETI_BLOB_DIR``), by default a ``blobs/`` folder beside the SQLite file. Published
     events are written to the log in group commits of up to ``event_batch_size`` events, at least
     every ``event_interval`` seconds.
+
+    ``blob_key`` (16, 24 or 32 bytes, e.g. :func:`forseti.generate_blob_key`) encrypts every blob
+    this registry stores with AES-GCM and lets it read blobs stored under the same key; a wrong
+    or missing key fails with :class:`~forseti.errors.DecryptionError`. Entity rows are not
+    encrypted, and blobs stored before are still read as they are.
     """
+    cipher = BlobCipher(blob_key) if blob_key is not None else None
     store, blobs = open_store(resolve_url(url), blob_dir)
+    blobs.cipher = cipher
     try:
         return EntityRegistry(
             store, blobs, event_batch_size=event_batch_size, event_interval=event_interval
@@ -63,6 +74,7 @@ async def aopen(
     url: str | None = None,
     *,
     blob_dir: str | os.PathLike[str] | None = None,
+    blob_key: bytes | None = None,
     event_batch_size: int = 1000,
     event_interval: float = 0.05,
 ) -> AsyncEntityRegistry:
@@ -71,6 +83,7 @@ async def aopen(
         lambda: open(
             url,
             blob_dir=blob_dir,
+            blob_key=blob_key,
             event_batch_size=event_batch_size,
             event_interval=event_interval,
         )

@@ -184,9 +184,11 @@ class AsyncEntityRegistry:
         """See :meth:`EntityRegistry.run_projection`."""
         return await self._run(self._sync.run_projection, projection, batch_size=batch_size)
 
-    async def put_blob(self, source: BlobSource, *, format: str = "bin") -> BlobRef:
+    async def put_blob(
+        self, source: BlobSource, *, format: str = "bin", move: bool = False
+    ) -> BlobRef:
         """See :meth:`EntityRegistry.put_blob`."""
-        return await self._run(self._sync.put_blob, source, format=format)
+        return await self._run(self._sync.put_blob, source, format=format, move=move)
 
     async def open_blob(self, ref: BlobRef) -> BinaryIO:
         """See :meth:`EntityRegistry.open_blob`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 from uuid import UUID
@@ -16,7 +17,7 @@ from ..entities import BlobRef, Entity, EntityRef
 from ..entities.base import MAX_VERSION
 from ..errors import NotFoundError, ValidationError
 from ..events import AliasMoved, Event, EventBus
-from .blobs import BlobSource, BlobStore, FileBlobStore
+from .blobs import BlobSource, BlobStore, BlobWriter, FileBlobStore
 from .checks import as_blob, as_uuid, check_alias, check_version
 from .eventlog import (
     EventWriter,
@@ -172,13 +173,33 @@ class BlobsMixin(_Facet):
         """The content-addressed blob store."""
         return self._blobs
 
-    def put_blob(self, source: BlobSource, *, format: str = "bin") -> BlobRef:
-        """Store bytes or a file's content by sha256 and return its :class:`BlobRef`."""
+    def put_blob(self, source: BlobSource, *, format: str = "bin", move: bool = False) -> BlobRef:
+        """Store bytes or a file's content by sha256 and return its :class:`BlobRef`.
+
+        ``move=True`` consumes a file: it is renamed into the store when it lies on the same file
+        system (write it under ``reg.blobs.tmp_dir`` for that), so a large export is not copied.
+        """
         self._check_open()
         if not isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)):
             raise ValidationError(f"a blob is bytes or a file path, not {type(source).__name__}")
         BlobRef(sha256="0" * 64, size=0, format=format)  # validates the format name
+        if move:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                raise ValidationError("move=True takes a file path, not bytes")
+            return self._blobs.adopt(source, format)
         return self._blobs.put(source, format)
+
+    def blob_writer(self, *, format: str = "bin") -> AbstractContextManager[BlobWriter]:
+        """Stream a blob into the store without holding it in memory::
+
+            with reg.blob_writer(format="safetensors") as w:
+                w.write(chunk)          # any number of times
+            ref = w.ref                 # stored (hashed, fsynced, encrypted if keyed)
+
+        If the block raises, nothing is stored.
+        """
+        self._check_open()
+        return self._blobs.writer(format)
 
     def open_blob(self, ref: BlobRef) -> BinaryIO:
         """A readable file of the blob, verified (IntegrityError on any mismatch)."""
@@ -196,6 +217,10 @@ class BlobsMixin(_Facet):
         ref = as_blob(ref)
         if not isinstance(self._blobs, FileBlobStore):
             raise ValidationError("this registry keeps blobs in memory; use open_blob()")
+        if ref.encrypted:
+            raise ValidationError(
+                "an encrypted blob has no plaintext file; use open_blob() or read_blob()"
+            )
         self._blobs.open(ref).close()
         return self._blobs.path(ref)
 
