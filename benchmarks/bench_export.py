@@ -131,6 +131,44 @@ def _rate(nbytes: int, seconds: float) -> float:
     return nbytes / MB / seconds
 
 
+def _mbps(
+    name: str, nbytes: int, seconds: float, base_bytes: int, base_seconds: float | None,
+    baseline_name: str, rounds: int, **extra: Any,
+) -> Result:  # fmt: skip
+    """A throughput row: MB/s of Forseti and of the baseline (higher is better)."""
+    return Result(
+        f"{name} MB/s",
+        forseti=_rate(nbytes, seconds),
+        baseline=None if base_seconds is None else _rate(base_bytes, base_seconds),
+        baseline_name=baseline_name,
+        lower_is_better=False,
+        unit="MB/s",
+        group=GROUP,
+        samples=rounds,
+        **extra,
+    )
+
+
+def _memory(
+    name: str, peak: int | None, peak_b: int | None, size: int, baseline_name: str,
+    target: float | None = None,
+) -> list[Result]:  # fmt: skip
+    """A peak-memory row (% of ``size``), when memory could be measured."""
+    if peak is None:
+        return []
+    return [
+        Result(
+            f"{name} peak extra memory, % of the input",
+            forseti=100.0 * peak / size,
+            baseline=None if peak_b is None else 100.0 * peak_b / size,
+            baseline_name=baseline_name,
+            target_s=target,
+            unit="%",
+            group=GROUP,
+        )
+    ]
+
+
 def bench_safetensors(tmp: Path, total_mb: int, rounds: int, memory: bool) -> list[Result]:
     state = _state(total_mb)
     size = sum(t.numel() * t.element_size() for t in state.values())
@@ -167,43 +205,13 @@ def bench_safetensors(tmp: Path, total_mb: int, rounds: int, memory: bool) -> li
         forseti_save()  # keep one for the loads below
         file_size = saved[-1].weights.size
         gb = f"{size / 1e9:.2f} GB"
-        out.append(
-            Result(
-                f"safetensors save_checkpoint ({gb}) MB/s vs safetensors.save_file",
-                forseti=_rate(file_size, t_f),
-                baseline=_rate(file_size, t_b),
-                baseline_name="safetensors.torch.save_file + fsync",
-                target_s=500.0,
-                lower_is_better=False,
-                unit="MB/s",
-                group=GROUP,
-                samples=rounds,
-                extra={"raw_write_MBps": _rate(size, t_r), "seconds": t_f},
-            )
-        )
-        out.append(
-            Result(
-                f"safetensors save_checkpoint ({gb}) MB/s vs raw write (disk ceiling)",
-                forseti=_rate(file_size, t_f),
-                baseline=_rate(size, t_r),
-                baseline_name="one write() per tensor + fsync",
-                unit="MB/s",
-                group=GROUP,
-                samples=rounds,
-            )
-        )
-        if peak is not None:
-            out.append(
-                Result(
-                    f"safetensors save_checkpoint ({gb}) peak extra memory, % of size",
-                    forseti=100.0 * peak / size,
-                    baseline=None if peak_b is None else 100.0 * peak_b / size,
-                    baseline_name="safetensors.torch.save_file",
-                    target_s=10.0,
-                    unit="%",
-                    group=GROUP,
-                )
-            )
+        name = f"safetensors save_checkpoint ({gb})"
+        base = "safetensors.torch.save_file + fsync"
+        out.append(_mbps(f"{name} vs save_file", file_size, t_f, file_size, t_b, base, rounds,
+                         target_s=500.0, extra={"raw_write_MBps": _rate(size, t_r)}))  # fmt: skip
+        out.append(_mbps(f"{name} vs raw write (disk ceiling)", file_size, t_f, size, t_r,
+                         "one write() per tensor + fsync", rounds))  # fmt: skip
+        out += _memory(name, peak, peak_b, size, "safetensors.torch.save_file", target=10.0)
         ckpt = saved[-1]
         blob = reg.blob_path(ckpt.weights)
 
@@ -217,34 +225,16 @@ def bench_safetensors(tmp: Path, total_mb: int, rounds: int, memory: bool) -> li
             return st_load(data)
 
         (t_f, _), (t_b, _) = _interleaved([forseti_load, baseline_load], rounds, False)
-        out.append(
-            Result(
-                f"load_checkpoint + verify ({gb}) MB/s",
-                forseti=_rate(file_size, t_f),
-                baseline=_rate(file_size, t_b),
-                baseline_name="read + sha256 + safetensors.load",
-                unit="MB/s",
-                group=GROUP,
-                samples=rounds,
-            )
-        )
+        out.append(_mbps(f"load_checkpoint + verify ({gb})", file_size, t_f, file_size, t_b,
+                         "read + sha256 + safetensors.load", rounds))  # fmt: skip
         exported: list[Any] = []
 
         def export_fresh() -> None:
             exported.append(export_safetensors(reg, ckpt).artifact)
 
         ((t_x, _),) = _interleaved([export_fresh], rounds, False, _forget(reg, exported))
-        out.append(
-            Result(
-                f"export_safetensors, self-verifying file ({gb}) MB/s",
-                forseti=_rate(file_size, t_x),
-                baseline=_rate(file_size, t_save_file),
-                baseline_name="safetensors.torch.save_file + fsync",
-                unit="MB/s",
-                group=GROUP,
-                samples=rounds,
-            )
-        )
+        out.append(_mbps(f"export_safetensors, self-verifying file ({gb})", file_size, t_x,
+                         file_size, t_save_file, base, rounds))  # fmt: skip
         key = fs.generate_blob_key()
         with fs.open(f"sqlite:///{tmp}/enc.db", blob_key=key) as enc:
             sealed: list[Any] = []
@@ -252,22 +242,17 @@ def bench_safetensors(tmp: Path, total_mb: int, rounds: int, memory: bool) -> li
             def encrypted_save() -> None:
                 sealed.append(save_checkpoint(enc, state).weights)
 
-            forget_both = _forget(enc, sealed), _forget(reg, made)
+            forget_sealed, forget_made = _forget(enc, sealed), _forget(reg, made)
+
+            def forget_both() -> None:
+                forget_sealed()
+                forget_made()
+
             (t_e, _), (t_plain, _) = _interleaved(
-                [encrypted_save, forseti_save_fresh], rounds, False,
-                lambda: [f() for f in forget_both] and None,
-            )  # fmt: skip
-        out.append(
-            Result(
-                f"safetensors save_checkpoint, AES-GCM encrypted ({gb}) MB/s",
-                forseti=_rate(file_size, t_e),
-                baseline=_rate(file_size, t_plain),
-                baseline_name="the same save, unencrypted",
-                unit="MB/s",
-                group=GROUP,
-                samples=rounds,
+                [encrypted_save, forseti_save_fresh], rounds, False, forget_both
             )
-        )
+        out.append(_mbps(f"safetensors save_checkpoint, AES-GCM encrypted ({gb})", file_size,
+                         t_e, file_size, t_plain, "the same save, unencrypted", rounds))  # fmt: skip
     return out
 
 
@@ -321,31 +306,10 @@ def bench_gguf(tmp: Path, quick: bool, rounds: int, memory: bool) -> list[Result
             )  # fmt: skip
             file_size = made[-1].artifact.size
             name = f"gguf {dtype} export ({size / 1e9:.2f} GB f32 in)"
-            out.append(
-                Result(
-                    f"{name} MB/s",
-                    forseti=_rate(file_size, t_f),
-                    baseline=_rate(file_size, t_b),
-                    baseline_name="gguf.GGUFWriter, tensors converted up front",
-                    target_s=target,
-                    lower_is_better=False,
-                    unit="MB/s",
-                    group=GROUP,
-                    samples=rounds,
-                    extra={"file_MB": file_size / MB, "seconds": t_f},
-                )
-            )
-            if peak is not None:
-                out.append(
-                    Result(
-                        f"{name} peak extra memory, % of the f32 checkpoint",
-                        forseti=100.0 * peak / size,
-                        baseline=None if peak_b is None else 100.0 * peak_b / size,
-                        baseline_name="gguf.GGUFWriter, tensors converted up front",
-                        unit="%",
-                        group=GROUP,
-                    )
-                )
+            base = "gguf.GGUFWriter, tensors converted up front"
+            out.append(_mbps(name, file_size, t_f, file_size, t_b, base, rounds,
+                             target_s=target, extra={"file_MB": file_size / MB}))  # fmt: skip
+            out += _memory(name, peak, peak_b, size, base)
     return out
 
 
