@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from forseti.export import (
 from forseti.export.tensorfile import (
     DIGEST_KEY,
     DTYPES,
+    DTYPES_KEY,
     header_of,
     read_safetensors,
     write_safetensors,
@@ -322,7 +324,7 @@ def test_round_trip_property(
         elif how == "strided" and t.dim() >= 1:
             t = t[..., ::2]
         state[name] = t
-    meta = {k: v for k, v in meta.items() if k != DIGEST_KEY}
+    meta = {k: v for k, v in meta.items() if k not in (DIGEST_KEY, DTYPES_KEY)}
     buf = io.BytesIO()
     nbytes = write_safetensors(buf, state, meta)
     data = buf.getvalue()
@@ -330,6 +332,8 @@ def test_round_trip_property(
 
     tensors, got_meta = read_safetensors(bytearray(data), require_digest=True)
     assert_same_state(tensors, state)
+    written = json.loads(got_meta.pop(DTYPES_KEY))  # the writer says what it wrote
+    assert written == dict(Counter(code for code, _, _ in specs.values()))
     assert {k: v for k, v in got_meta.items() if k != DIGEST_KEY} == meta
 
     official = st_torch.load(data)  # the official reader agrees

@@ -12,6 +12,8 @@ Every export is an :class:`ExportEntity` derived from its checkpoint, its file a
 
 from __future__ import annotations
 
+import importlib
+
 from .api import SAFETENSORS_DTYPES, export, export_safetensors
 from .architectures import Architecture, build_module, register_architecture
 from .artifacts import record_export, resolve_checkpoint, write_out
@@ -35,29 +37,19 @@ from .onnx import (
 )
 from .tensorfile import read_safetensors, write_safetensors
 
-_GGUF_NAMES = frozenset(
-    {
-        "GGUF_DTYPES",
-        "GGUFContents",
-        "GGUFVocab",
-        "GGUFWriteResult",
-        "export_gguf",
-        "gguf_to_module",
-        "gguf_to_state_dict",
-        "load_gguf",
-        "read_gguf",
-        "verify_gguf",
-        "write_gguf",
-    }
-)
-
 
 def __getattr__(name: str) -> object:
-    """The GGUF names, imported on first use (they need the ``gguf`` package)."""
-    if name in _GGUF_NAMES:
-        from . import gguf
-
-        return getattr(gguf, name)
+    """The GGUF names (``forseti.export.gguf.__all__``), imported on first use: they need the
+    ``gguf`` package, which the safetensors and ONNX paths do not."""
+    if not name.startswith("_"):
+        try:
+            gguf = importlib.import_module(f"{__name__}.gguf")  # not `from .`: it recurses here
+        except ImportError as exc:
+            raise AttributeError(
+                f"forseti.export has no {name!r} here (GGUF export needs the gguf package: {exc})"
+            ) from None
+        if name in gguf.__all__:
+            return getattr(gguf, name)
     raise AttributeError(f"module 'forseti.export' has no attribute {name!r}")
 
 
@@ -76,17 +68,6 @@ __all__ = [
     "read_safetensors",
     "write_safetensors",
     "ExportEntity",
-    "export_gguf",
-    "write_gguf",
-    "read_gguf",
-    "verify_gguf",
-    "load_gguf",
-    "gguf_to_state_dict",
-    "gguf_to_module",
-    "GGUFContents",
-    "GGUFVocab",
-    "GGUFWriteResult",
-    "GGUF_DTYPES",
     "export_onnx",
     "load_onnx",
     "load_onnx_file",

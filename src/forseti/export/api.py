@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ValidationError
 from .artifacts import CheckpointLike, check_out, record_export, resolve_checkpoint
-from .checkpoints import dtype_counts, load_checkpoint
+from .checkpoints import load_checkpoint
 from .entities import FORMATS, ExportEntity
-from .tensorfile import DIGEST_KEY, TensorFile, write_safetensors
+from .tensorfile import DIGEST_KEY, write_safetensors
 
 if TYPE_CHECKING:
     from ..registry import EntityRegistry
@@ -53,20 +51,10 @@ def export_safetensors(
     if dtype is None and DIGEST_KEY in meta:  # already self-verifying: export the blob itself
         return record_export(reg, ckpt, "safetensors", ckpt.weights, out=out)
     target = SAFETENSORS_DTYPES[dtype] if dtype is not None else None
-    meta["forseti.dtypes"] = json.dumps(dtype_counts(_tensors(loaded.state_dict), target))
     with reg.blob_writer(format="safetensors") as sink:
         write_safetensors(sink, loaded.state_dict, meta, dtype=target, self_digest=True)
     assert sink.ref is not None
     return record_export(reg, ckpt, "safetensors", sink.ref, dtype=dtype or "", out=out)
-
-
-def _tensors(state: Mapping[str, torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Empty stand-ins of ``state``'s tensors (shape and dtype only: nothing is read)."""
-    for name in state:
-        if isinstance(state, TensorFile):
-            yield torch.empty(0, dtype=state.dtype_of(name))
-        else:
-            yield state[name]
 
 
 def export(

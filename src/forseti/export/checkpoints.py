@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from ..registry.blobs import FileBlobStore
 from .architectures import ARCH_KEY, CONFIG_KEY, build_module, describe, is_registered
 from .artifacts import CheckpointLike, resolve_checkpoint
 from .tensorfile import (
-    DTYPE_CODES,
     TensorFile,
     check_tensors,
     read_safetensors,
@@ -45,7 +43,6 @@ __all__ = [
     "read_verified",
     "LoadedCheckpoint",
     "FORMAT_TAG",
-    "dtype_counts",
     "verify_blob_file",
 ]
 
@@ -99,16 +96,6 @@ def _state_of(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch
     raise ValidationError(
         f"save_checkpoint() takes a module or a state dict, not {type(source).__name__}"
     )
-
-
-def dtype_counts(tensors: Iterable[torch.Tensor], cast: torch.dtype | None = None) -> dict[str, int]:
-    """How many tensors of each safetensors dtype (``{"F32": 12, "I64": 1}``) a file holds,
-    floating-point ones cast to ``cast`` if given."""
-    counts = Counter(
-        DTYPE_CODES[cast if cast is not None and t.is_floating_point() else t.dtype]
-        for t in tensors
-    )
-    return dict(sorted(counts.items()))
 
 
 def save_checkpoint(
@@ -168,7 +155,6 @@ def save_checkpoint(
             "forseti.format": FORMAT_TAG,
             "forseti.step": str(step),
             "forseti.model": str(model_ref),
-            "forseti.dtypes": json.dumps(dtype_counts(state.values(), dtype)),
         }
     )
     if run_ref is not None:

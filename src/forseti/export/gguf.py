@@ -35,7 +35,7 @@ from torch import Tensor
 from ..errors import IntegrityError, ValidationError
 from ..gspo.model import TinyLMConfigEntity
 from .architectures import ARCH_KEY, CONFIG_KEY
-from .artifacts import record_export, resolve_checkpoint, staging_file
+from .artifacts import check_out, record_export, resolve_checkpoint, staging_file
 from .gguf_check import read_back, row_chunks
 from .gguf_format import DIGEST_AT, HashPipe, encode_header, plan_tensors
 from .gguf_layout import (
@@ -221,9 +221,8 @@ def write_gguf(
         logger.warning(
             "no vocabulary given for %d tokens: writing <|i|> placeholders", len(voc.tokens)
         )
-    target = Path(path)
-    if target.is_dir() or not target.parent.is_dir():
-        raise ValidationError(f"cannot write {target}: give a file in an existing directory")
+    target = check_out(path)
+    assert target is not None
     names = tensor_names(cfg.n_layers)
     shapes = expected_shapes(cfg)  # what _checked_state verified (no tensor is read for it)
     types = {g: tensor_type(g, shapes[t], dtype) for t, g in names}

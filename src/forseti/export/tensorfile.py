@@ -24,6 +24,7 @@ import math
 import mmap
 import os
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,12 +40,14 @@ __all__ = [
     "check_tensors",
     "header_of",
     "DIGEST_KEY",
+    "DTYPES_KEY",
     "DTYPES",
     "DTYPE_CODES",
     "TensorFile",
 ]
 
 DIGEST_KEY = "forseti.sha256"
+DTYPES_KEY = "forseti.dtypes"
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -157,13 +160,16 @@ def write_safetensors(
 
     ``out`` is any binary writer: a file, or ``reg.blob_writer(...)`` to stream straight into
     the blob store. ``dtype`` casts the floating-point tensors (one at a time, as they are
-    written). ``metadata`` (str → str) goes to the header, with the self-digest added when
+    written). ``metadata`` (str → str) goes to the header, with ``forseti.dtypes`` (how many
+    tensors of each dtype the file holds) set, and the self-digest added when
     ``self_digest`` (it costs a hashing pass before the write: a blob in the store, verified by
     its address, does not need it; a file that leaves the store does). Returns the number of
     bytes written; ``progress`` is called with each piece's size.
     """
     items = _prepare(tensors, dtype)
     meta = {str(k): str(v) for k, v in (metadata or {}).items() if k != DIGEST_KEY}
+    counts = Counter(_CODES[item.dtype] for item in items)  # what is written, after any cast
+    meta[DTYPES_KEY] = json.dumps(dict(sorted(counts.items())))
     entries: dict[str, dict[str, object]] = {}
     offset = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
