@@ -44,7 +44,7 @@ demo: venv
 	$(BIN)/python -m forseti demo
 
 test: venv postgres
-	FORSETI_REQUIRE_POSTGRES=1 FORSETI_SOAK=1 $(BIN)/python -m pytest -q
+	FORSETI_REQUIRE_POSTGRES=1 FORSETI_SOAK=1 $(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 lint: venv
 	$(BIN)/ruff check src --select F,E9,B,I

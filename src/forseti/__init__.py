@@ -93,9 +93,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``fs.gspo``, ``fs.consensus`` and ``fs.export``: imported on first use (they need torch,
+    """``fs.gspo``, ``fs.consensus``, ``fs.export`` and ``fs.rl``: imported on first use (they need torch,
     which ``import forseti`` does not)."""
-    if name in ("gspo", "consensus", "export"):
+    if name in ("gspo", "consensus", "export", "rl"):
         import importlib
 
         return importlib.import_module(f"forseti.{name}")

@@ -238,6 +238,7 @@ LAZY_TYPE_PACKAGES: dict[str, str] = {
     "forseti.gspo.": "forseti.gspo",
     "forseti.consensus.": "forseti.consensus",
     "forseti.export.": "forseti.export",
+    "forseti.rl.": "forseti.rl",
 }
 
 
