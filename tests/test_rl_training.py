@@ -648,3 +648,20 @@ async def test_atrain_sb3_errors_propagate_to_the_awaiting_task() -> None:
             await fs.rl.atrain_sb3(reg, "PPO", "CartPol-v1", progress=False)
         with pytest.raises(ValidationError):
             await fs.rl.atrain_sb3(reg, "PPO", "CartPole-v1", tiny_ppo(), 0, progress=False)
+
+
+def test_progress_bar_shows_steps_and_the_mean_return(capsys: pytest.CaptureFixture[str]) -> None:
+    reg = fs.open("memory://")
+    cfg = fs.rl.PPOConfigEntity(n_steps=128, batch_size=64, n_epochs=1)
+    fs.rl.train_sb3(reg, "PPO", "CartPole-v1", cfg, total_timesteps=256, progress=True)
+    err = capsys.readouterr().err
+    assert "PPO CartPole-v1" in err and "256/256" in err and "return" in err
+    reg.close()
+
+
+def test_no_progress_bar_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    reg = fs.open("memory://")
+    cfg = fs.rl.PPOConfigEntity(n_steps=128, batch_size=64, n_epochs=1)
+    fs.rl.train_sb3(reg, "PPO", "CartPole-v1", cfg, total_timesteps=256, progress=False)
+    assert "PPO CartPole-v1" not in capsys.readouterr().err
+    reg.close()

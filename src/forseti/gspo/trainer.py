@@ -276,10 +276,12 @@ class GSPOTrainer:
 
     @contextmanager
     def _progress(self, total: int) -> Iterator[Any]:
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
-        with progress_bar(total, self.state.step, f"GSPO {self.config.task}", self.progress) as bar:
-            yield bar
+        show = {"reward_mean": "reward", "exact": "exact", "clip_frac": "clip"}
+        label = f"GSPO {self.config.task}"
+        with progress_bar(total, self.state.step, label, self.progress, show) as bar:
+            yield lambda metrics: bar(1, metrics)
 
     # -- resuming ----------------------------------------------------------------------------------
 

@@ -10,14 +10,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter
 
-__all__ = ["MetricsWriter", "Bridge", "metrics_of", "progress_bar"]
+from ..progress import Advance
+
+__all__ = ["MetricsWriter", "Bridge", "metrics_of"]
+
+_NO_METRICS: dict[str, float] = {}
 
 
 def metrics_of(key_values: dict[str, Any]) -> dict[str, float]:
@@ -53,14 +56,14 @@ class MetricsWriter(KVWriter):
 
 
 class Bridge(BaseCallback):
-    """SB3 callback: ``boundary(timestep)`` at each rollout boundary, ``advance(n)`` for the
+    """SB3 callback: ``boundary()`` at each rollout boundary, ``advance(n, {})`` for the
     progress bar, and training stops when ``should_stop()`` says so."""
 
     def __init__(
         self,
         boundary: Callable[[], None],
         should_stop: Callable[[], bool],
-        advance: Callable[[int], None],
+        advance: Advance,
     ) -> None:
         super().__init__(verbose=0)
         self._boundary = boundary
@@ -81,48 +84,6 @@ class Bridge(BaseCallback):
     def _on_step(self) -> bool:
         now = self.model.num_timesteps
         if now > self._seen:
-            self._advance(now - self._seen)
+            self._advance(now - self._seen, _NO_METRICS)
             self._seen = now
         return not self._should_stop()
-
-
-@contextmanager
-def progress_bar(
-    total: int, done: int, label: str, enabled: bool | None
-) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(n, reward=None)``: a rich bar of environment steps with the latest mean
-    episode return. ``enabled=None`` shows it when stderr is a terminal."""
-    import sys
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    if not show:
-        yield lambda n, reward=None: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("return {task.fields[reward]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    ) as progress:
-        task = progress.add_task(label, total=total, completed=done, reward="-")
-
-        def advance(n: int, reward: float | None = None) -> None:
-            if reward is None:
-                progress.update(task, advance=n)
-            else:
-                progress.update(task, advance=n, reward=f"{reward:8.2f}")
-
-        yield advance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..entities import Entity
@@ -24,7 +25,7 @@ def count(value: Any, what: str, minimum: int = 0) -> int:
     return value
 
 
-def no_progress(n: int, reward: float | None = None) -> None:
+def no_progress(n: int, metrics: Mapping[str, float]) -> None:
     """The progress callback when no bar is shown."""
     return None
 

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from ..export.entities import ExportEntity
     from ..registry import EntityRegistry
 
-__all__ = ["evaluate", "load_policy", "export_policy", "PolicyActions", "run_episodes"]
+__all__ = [
+    "evaluate",
+    "load_policy",
+    "export_policy",
+    "PolicyActions",
+    "run_episodes",
+    "record_evaluation",
+]
 
 CheckpointRef = CheckpointEntity | EntityRef | str
 
@@ -150,16 +157,23 @@ def evaluate(
         )
     finally:
         venv.close()
+    return record_evaluation(reg, draft, subject=ckpt.run)
+
+
+def record_evaluation(
+    reg: EntityRegistry, draft: EvaluationEntity, *, subject: EntityRef | None
+) -> EvaluationEntity:
+    """Store ``draft`` and publish its ``EvaluationCompleted`` (``subject``: the run version)."""
     stored = reg.add(draft)
     reg.bus.publish(
         EvaluationCompleted(
             evaluation=stored.ref,
-            timestep=ckpt.step,
-            episodes=episodes,
+            timestep=stored.step,
+            episodes=stored.episodes,
             mean_reward=stored.mean_reward,
             std_reward=stored.std_reward,
-            checkpoint=ckpt.ref,
-            subject=ckpt.run,
+            checkpoint=stored.checkpoint,
+            subject=subject,
         )
     )
     return stored

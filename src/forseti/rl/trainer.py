@@ -23,15 +23,15 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from ..entities import CheckpointEntity, Entity, EntityRef, ModelEntity, utcnow
 from ..errors import ValidationError
 from ..events import Event
+from ..progress import Advance, progress_bar
 from .algorithms import AlgorithmLike, algorithm_class, algorithm_path, build_model, config_for
-from .bridge import Bridge, MetricsWriter, progress_bar
+from .bridge import Bridge, MetricsWriter
 from .checks import as_run, check_plan, count, no_progress, stored_or_new
 from .entities import EnvSpecEntity, EvaluationEntity, RLConfigEntity, RLTrainingRunEntity
 from .envs import EnvLike, env_spec, make_vec
-from .evaluation import run_episodes
+from .evaluation import record_evaluation, run_episodes
 from .events import (
     CheckpointCreated,
-    EvaluationCompleted,
     RLStepMetrics,
     RLStopRequested,
     RLTrainingCompleted,
@@ -139,7 +139,7 @@ class SB3Trainer:
         self._plan: dict[str, int] = {}
         self._next_checkpoint: int | None = None
         self._next_eval: int | None = None
-        self._advance: Callable[..., None] = no_progress
+        self._advance: Advance = no_progress
 
     # -- entities ----------------------------------------------------------------------------------
 
@@ -267,19 +267,8 @@ class SB3Trainer:
             )
         finally:
             env.close()
-        stored = self.reg.add(evaluation)
+        stored = record_evaluation(self.reg, evaluation, subject=self.run_ref)
         self.evaluations.append(stored)
-        self.reg.bus.publish(
-            EvaluationCompleted(
-                evaluation=stored.ref,
-                timestep=step,
-                episodes=episodes,
-                mean_reward=stored.mean_reward,
-                std_reward=stored.std_reward,
-                checkpoint=stored.checkpoint,
-                subject=self.run_ref,
-            )
-        )
         return stored
 
     # -- training ----------------------------------------------------------------------------------
@@ -329,9 +318,9 @@ class SB3Trainer:
         )
         t0 = time.perf_counter()
         try:
-            with progress_bar(
-                total, start, f"{self.algorithm} {self.env_spec.name}", self.progress
-            ) as advance:
+            label = f"{self.algorithm} {self.env_spec.name}"
+            show = {"ep_rew_mean": "return", "fps": "fps"}
+            with progress_bar(total, start, label, self.progress, show) as advance:
                 self._advance = advance
                 bridge = Bridge(self._boundary, lambda: self._stop_reason is not None, advance)
                 self.model.learn(
@@ -371,7 +360,7 @@ class SB3Trainer:
 
     def _logged(self, timestep: int, metrics: dict[str, float]) -> None:
         self.metrics = metrics
-        self._advance(0, metrics.get("ep_rew_mean"))
+        self._advance(0, metrics)
         self.reg.bus.publish(
             RLStepMetrics(timestep=timestep, metrics=metrics, subject=self.run_ref)
         )
