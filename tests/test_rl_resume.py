@@ -16,6 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -425,3 +427,67 @@ def test_resume_after_reopening_the_registry(persistent_url: str, tmp_path: Path
         state, _ = blob_tensors(reg, again.optimizer_state)
         assert_same_tensors(weights, expected)
         assert_same_tensors(state, expected_state)
+
+
+class _Sim:
+    """Episode state that is not plain data (as a physics engine's is)."""
+
+    def __init__(self, x: float) -> None:
+        self.x = x
+
+
+class _ObjectStateEnv(gym.Env[Any, Any]):
+    observation_space = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.sim: _Sim | None = None
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.sim = _Sim(float(self.np_random.uniform(-1, 1)))
+        self.t = 0
+        return np.array([self.sim.x], dtype=np.float32), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        assert self.sim is not None, "stepped before reset"
+        self.sim.x += 0.1 if action else -0.1
+        self.t += 1
+        obs = np.array([self.sim.x], dtype=np.float32)
+        return obs, 1.0, bool(abs(self.sim.x) > 2), self.t >= 50, {}
+
+
+def _make_object_state_env() -> gym.Env[Any, Any]:
+    return _ObjectStateEnv()
+
+
+def test_an_environment_with_state_that_is_not_data_restarts_on_resume(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its state cannot be stored: a resumed run resets the environments (SB3's own resume)
+    instead of stepping fresh environments that were never reset."""
+    reg = fs.open("memory://")
+    cfg = fs.rl.PPOConfigEntity(n_steps=64, batch_size=64, n_envs=2, n_epochs=1)
+    fs.rl.train_sb3(reg, "PPO", _make_object_state_env, cfg, 256, checkpoint_every=128)
+    first = min(reg.find(fs.CheckpointEntity), key=lambda c: c.step)
+    assert first.step == 128
+    with caplog.at_level("WARNING", logger="forseti.rl.state"):
+        resumed = fs.rl.resume_sb3(reg, first, 512, env=_make_object_state_env)
+    assert resumed.status == "completed" and resumed.step == 512
+    assert "_ObjectStateEnv.sim" in caplog.text
+    reg.close()
+
+
+def test_a_plain_data_environment_is_restored_without_a_reset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg = fs.open("memory://")
+    cfg = fs.rl.PPOConfigEntity(n_steps=64, batch_size=64, n_envs=2, n_epochs=1)
+    fs.rl.train_sb3(reg, "PPO", "CartPole-v1", cfg, 256, checkpoint_every=128)
+    first = min(reg.find(fs.CheckpointEntity), key=lambda c: c.step)
+    trainer = fs.rl.resume_trainer(reg, first)
+    with caplog.at_level("WARNING", logger="forseti.rl.state"):
+        assert trainer.model._last_obs is not None  # learn() will not reset the environments
+    assert "restart" not in caplog.text
+    reg.close()

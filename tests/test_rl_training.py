@@ -665,3 +665,16 @@ def test_no_progress_bar_unless_asked(capsys: pytest.CaptureFixture[str]) -> Non
     fs.rl.train_sb3(reg, "PPO", "CartPole-v1", cfg, total_timesteps=256, progress=False)
     assert "PPO CartPole-v1" not in capsys.readouterr().err
     reg.close()
+
+
+def test_a_handler_of_training_started_can_stop_the_run() -> None:
+    reg = fs.open("memory://")
+
+    def veto(e: fs.rl.RLTrainingStarted) -> None:
+        reg.bus.publish(fs.rl.RLStopRequested(reason="veto", subject=e.subject))
+
+    reg.bus.subscribe(fs.rl.RLTrainingStarted, veto)
+    cfg = fs.rl.PPOConfigEntity(n_steps=128, batch_size=64, n_epochs=1)
+    run = fs.rl.train_sb3(reg, "PPO", "CartPole-v1", cfg, total_timesteps=2048)
+    assert run.stop_reason == "veto" and run.status == "completed" and run.step < 2048
+    reg.close()

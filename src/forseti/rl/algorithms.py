@@ -8,7 +8,6 @@ from typing import Any
 import stable_baselines3
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from ..entities.frozen import thaw
@@ -26,6 +25,20 @@ __all__ = ["AlgorithmLike", "algorithm_class", "algorithm_path", "config_for", "
 AlgorithmLike = str | type[BaseAlgorithm]
 _TYPED: dict[str, type[RLConfigEntity]] = {"PPO": PPOConfigEntity, "SAC": SACConfigEntity}
 _SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")
+
+
+class LinearDecay:
+    """rl-baselines3-zoo's linear schedule, ``"lin_<start>"``: ``progress_remaining * start``
+    (from ``start`` at the first update to 0 at the end of the run), computed as the zoo does."""
+
+    def __init__(self, start: float) -> None:
+        self.start = float(start)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.start
+
+    def __repr__(self) -> str:
+        return f"LinearDecay({self.start!r})"
 
 
 def algorithm_path(cls: type[BaseAlgorithm]) -> str:
@@ -104,7 +117,7 @@ def sb3_kwargs(config: RLConfigEntity) -> dict[str, Any]:
     for name in _SCHEDULES:
         value = kwargs.get(name)
         if isinstance(value, str) and value.startswith("lin_"):
-            kwargs[name] = LinearSchedule(linear_start(value), 0.0, 1.0)
+            kwargs[name] = LinearDecay(linear_start(value))
     given = kwargs.pop("policy_kwargs", None) or {}  # SB3ConfigEntity.hyperparameters may hold it
     policy_kwargs = _resolve("policy_kwargs", {**given, **thaw(config.policy_kwargs)})
     if policy_kwargs:

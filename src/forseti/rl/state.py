@@ -9,8 +9,9 @@ Captured, at a rollout boundary (after an update, before the next rollout):
 * the replay buffer of off-policy algorithms (its filled rows only);
 * the environments, when they are a ``DummyVecEnv`` of environments whose state is plain data
   (gymnasium's classic-control and toy-text environments, the ``TimeLimit`` and ``Monitor``
-  wrappers): their attributes and random generators — other state (a physics engine's) is not
-  captured, and such environments continue from a fresh episode on resume;
+  wrappers): their attributes and random generators. When an environment holds anything else
+  (a physics engine, an object), or the vector is not a ``DummyVecEnv``, the environments are
+  reset on resume instead: training continues from fresh episodes, not bit-identically;
 * the random generators: torch's, numpy's global one, Python's, and the spaces'.
 
 With all of that restored, a resumed run on CPU continues bit-identically to one that was never
@@ -59,6 +60,10 @@ _SKIP_MODEL = frozenset(
 )
 
 
+#: environment attributes that hold no episode state (gymnasium's registration record)
+_STATELESS = frozenset({"spec", "_cached_spec"})
+
+
 def _recursive_get(obj: Any, name: str) -> Any:
     for part in name.split("."):
         obj = getattr(obj, part)
@@ -66,9 +71,14 @@ def _recursive_get(obj: Any, name: str) -> Any:
 
 
 def _plain_attrs(
-    obj: Any, packer: Packer, key: str, skip: frozenset[str] = frozenset()
+    obj: Any,
+    packer: Packer,
+    key: str,
+    skip: frozenset[str] = frozenset(),
+    missed: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The attributes of ``obj`` that are plain data, packed; spaces keep their generators."""
+    """The attributes of ``obj`` that are plain data, packed; spaces keep their generators.
+    The names of the others (not in ``skip`` or :data:`_STATELESS`) are added to ``missed``."""
     out: dict[str, Any] = {}
     for name, value in vars(obj).items():
         if name in skip:
@@ -81,7 +91,8 @@ def _plain_attrs(
         try:
             out[name] = packer.pack(f"{key}.{name}", value)
         except Unsupported:
-            continue
+            if missed is not None and name not in _STATELESS:
+                missed.append(f"{type(obj).__name__}.{name}")
     return out
 
 
@@ -168,15 +179,18 @@ def capture(
         tree["replay_buffer"] = {"type": type(buffer).__name__, "attrs": out}
     tree["envs"] = None
     if isinstance(model.env, DummyVecEnv):
+        missed: list[str] = []
+        layers = [
+            [
+                _plain_attrs(layer, packer, f"env.{i}.{j}", frozenset({"env"}), missed)
+                for j, layer in enumerate(_env_layers(e))
+            ]
+            for i, e in enumerate(model.env.envs)
+        ]
         tree["envs"] = {
             "vec": _plain_attrs(model.env, packer, "vec"),
-            "layers": [
-                [
-                    _plain_attrs(layer, packer, f"env.{i}.{j}", frozenset({"env"}))
-                    for j, layer in enumerate(_env_layers(e))
-                ]
-                for i, e in enumerate(model.env.envs)
-            ],
+            "layers": layers,
+            "missed": sorted(set(missed)),
         }
     else:
         logger.info(
@@ -223,13 +237,19 @@ def restore(
     buffer = getattr(model, "replay_buffer", None)
     if tree["replay_buffer"] is not None and buffer is not None:
         _set_attrs(buffer, tree["replay_buffer"]["attrs"], tensors)
-    if tree["envs"] is not None and isinstance(model.env, DummyVecEnv):
-        if len(tree["envs"]["layers"]) != model.env.num_envs:
+    envs = tree["envs"]
+    if envs is not None and not envs.get("missed") and isinstance(model.env, DummyVecEnv):
+        if len(envs["layers"]) != model.env.num_envs:
             raise ValidationError("the checkpoint was taken with another number of environments")
-        _set_attrs(model.env, tree["envs"]["vec"], tensors)
-        for env, layers in zip(model.env.envs, tree["envs"]["layers"], strict=True):
+        _set_attrs(model.env, envs["vec"], tensors)
+        for env, layers in zip(model.env.envs, envs["layers"], strict=True):
             for layer, attrs in zip(_env_layers(env), layers, strict=False):
                 _set_attrs(layer, attrs, tensors)
+    else:  # the environments' state was not (all) stored: they start fresh episodes
+        missed = ", ".join((envs or {}).get("missed", [])) or type(model.env).__name__
+        logger.warning("the environments restart from a reset on resume (not stored: %s)", missed)
+        model._last_obs = None  # learn() resets the environments
+        model._last_original_obs = None
     random.setstate(unpack(tree["rng"]["python"], tensors))
     np.random.set_state(unpack(tree["rng"]["numpy"], tensors))
     torch.set_rng_state(tensors["rng.torch"])

@@ -308,14 +308,14 @@ class SB3Trainer:
         self._next_checkpoint = (start // every + 1) * every if every else None
         self._next_eval = (start // evals + 1) * evals if evals else None
         self._stop_reason = None
-        run = self._begin(total)
+        # subscribed first: a handler of RLTrainingStarted may already ask the run to stop
+        sub = self.reg.bus.subscribe(RLStopRequested, self._stop, where=self._is_mine)
+        try:
+            self._begin(total)
+        except BaseException:
+            self.reg.bus.unsubscribe(sub)
+            raise
         self.model.set_logger(Logger(folder=None, output_formats=[MetricsWriter(self._logged)]))
-        lineage = run.lineage_id
-        sub = self.reg.bus.subscribe(
-            RLStopRequested,
-            self._stop,
-            where=lambda e: e.subject is not None and e.subject.lineage_id == lineage,
-        )
         t0 = time.perf_counter()
         try:
             label = f"{self.algorithm} {self.env_spec.name}"
@@ -364,6 +364,10 @@ class SB3Trainer:
         self.reg.bus.publish(
             RLStepMetrics(timestep=timestep, metrics=metrics, subject=self.run_ref)
         )
+
+    def _is_mine(self, event: RLStopRequested) -> bool:
+        run, subject = self.run, event.subject
+        return run is not None and subject is not None and subject.lineage_id == run.lineage_id
 
     def _stop(self, event: RLStopRequested) -> None:
         if self._stop_reason is None:
