@@ -93,8 +93,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``fs.gspo``, ``fs.consensus``, ``fs.export`` and ``fs.rl``: imported on first use (they need torch,
-    which ``import forseti`` does not)."""
+    """``fs.gspo``, ``fs.consensus``, ``fs.export`` and ``fs.rl``: imported on first use (they
+    need torch, which ``import forseti`` does not)."""
     if name in ("gspo", "consensus", "export", "rl"):
         import importlib
 

@@ -1,4 +1,5 @@
-"""The functions most code calls: ``train_sb3``, ``atrain_sb3``, ``resume_sb3``, ``latest_checkpoint``."""
+"""The functions most code calls: ``train_sb3``, ``atrain_sb3``, ``resume_sb3``,
+``latest_checkpoint``, ``stop_when``."""
 
 from __future__ import annotations
 

@@ -125,11 +125,11 @@ class SB3Trainer:
                 new.append(model_entity)
         else:
             new.append(model_entity)
-        stored = reg.commit_many(new) if new else []
-        by_id = {e.id: e for e in stored}
-        self.config: RLConfigEntity = by_id.get(config_entity.id, config_entity)  # type: ignore[assignment]
-        self.env_spec: EnvSpecEntity = by_id.get(spec_entity.id, spec_entity)  # type: ignore[assignment]
-        self.model_entity: ModelEntity = by_id.get(model_entity.id, model_entity)  # type: ignore[assignment]
+        if new:
+            reg.commit_many(new)  # one transaction; the drafts are now the stored versions
+        self.config: RLConfigEntity = config_entity
+        self.env_spec: EnvSpecEntity = spec_entity
+        self.model_entity: ModelEntity = model_entity
         self.run_name = run_name or f"{self.algorithm.lower()}-{spec.name}"
         self.run: RLTrainingRunEntity | None = None
         self.checkpoints: list[CheckpointEntity] = []
