@@ -201,16 +201,7 @@ def _interleaved(
         reg.bus.subscribe(fs.rl.CheckpointCreated, catch_up)
         gc.collect()
         c0, w0 = time.process_time(), time.perf_counter()
-        run = fs.rl.train_sb3(
-            reg,
-            algo,
-            env_id,
-            cfg,
-            total_timesteps=n,
-            seed=seed,
-            checkpoint_every=n // 5,
-            progress=False,
-        )
+        run = _train(reg, algo, env_id, cfg, n, seed)
         reg.flush_events()  # the events are in the log, not just buffered
         cpu = time.process_time() - c0 - handler_s
         wall = time.perf_counter() - w0
@@ -236,15 +227,25 @@ def _interleaved(
         reg.close()
 
 
+def _train(reg: fs.EntityRegistry, algo: str, env_id: str, cfg: Any, n: int, seed: int) -> Any:
+    """The Forseti side: ``train_sb3`` with a checkpoint every ``n // 5`` steps, no bar."""
+    return fs.rl.train_sb3(
+        reg,
+        algo,
+        env_id,
+        cfg,
+        total_timesteps=n,
+        seed=seed,
+        checkpoint_every=n // 5,
+        progress=False,
+    )
+
+
 def _check_run(reg: fs.EntityRegistry, run: Any, algo: str, n: int) -> None:
     """The run completed, and each of its checkpoints is in the store with its event."""
     if run.status != "completed" or run.step < n:
         raise RuntimeError(f"{algo} run ended {run.status} at step {run.step} of {n}")
-    ckpts = [
-        c
-        for c in reg.find(fs.CheckpointEntity)
-        if c.run is not None and c.run.lineage_id == run.lineage_id
-    ]
+    ckpts = fs.rl.run_checkpoints(reg, run)
     if not ckpts or len(reg.events(topic=fs.rl.CheckpointCreated)) != len(ckpts):
         raise RuntimeError(
             f"{len(ckpts)} checkpoints but not as many CheckpointCreated events in the log"
@@ -271,16 +272,7 @@ def _forseti_run(
     try:
         gc.collect()
         c0, w0 = time.process_time(), time.perf_counter()
-        run = fs.rl.train_sb3(
-            reg,
-            algo,
-            env_id,
-            cfg,
-            total_timesteps=n,
-            seed=seed,
-            checkpoint_every=n // 5,
-            progress=False,
-        )
+        run = _train(reg, algo, env_id, cfg, n, seed)
         reg.flush_events()
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         _check_run(reg, run, algo, n)

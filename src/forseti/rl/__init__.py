@@ -16,7 +16,15 @@ See ``docs/rl.md``.
 """
 
 from .algorithms import algorithm_class
-from .api import atrain_sb3, latest_checkpoint, resume_sb3, resume_trainer, stop_when, train_sb3
+from .api import (
+    atrain_sb3,
+    latest_checkpoint,
+    resume_sb3,
+    resume_trainer,
+    run_checkpoints,
+    stop_when,
+    train_sb3,
+)
 from .entities import (
     EnvSpecEntity,
     EvaluationEntity,
@@ -46,6 +54,7 @@ __all__ = [
     "resume_sb3",
     "resume_trainer",
     "latest_checkpoint",
+    "run_checkpoints",
     "stop_when",
     "SB3Trainer",
     "algorithm_class",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from typing import Any
 
 import stable_baselines3
@@ -57,10 +57,9 @@ def algorithm_class(algo: AlgorithmLike) -> type[BaseAlgorithm]:
     if not isinstance(algo, str) or not algo:
         raise ValidationError(f"algo is an SB3 algorithm class or its name, not {algo!r}")
     if ":" in algo:
-        module, _, name = algo.partition(":")
         try:
-            found: Any = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
+            found: Any = pkgutil.resolve_name(algo)
+        except (ImportError, AttributeError, ValueError) as exc:
             raise ConfigError(f"cannot import the algorithm {algo!r}: {exc}") from None
     else:
         found = getattr(stable_baselines3, algo.upper(), None) or getattr(

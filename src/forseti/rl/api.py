@@ -34,6 +34,7 @@ __all__ = [
     "resume_sb3",
     "resume_trainer",
     "latest_checkpoint",
+    "run_checkpoints",
     "stop_when",
 ]
 
@@ -103,10 +104,10 @@ async def atrain_sb3(
     return await anyio.to_thread.run_sync(call)
 
 
-def latest_checkpoint(
+def run_checkpoints(
     reg: EntityRegistry, run: RLTrainingRunEntity | EntityRef | str
-) -> CheckpointEntity:
-    """The checkpoint of ``run`` (any of its versions) with the most steps."""
+) -> list[CheckpointEntity]:
+    """The checkpoints of ``run`` (any of its versions), fewest steps first."""
     from ..trees.discover import resolve
 
     entity = (
@@ -123,9 +124,17 @@ def latest_checkpoint(
         for c in reg.find(CheckpointEntity)
         if c.run is not None and c.run.lineage_id == entity.lineage_id
     ]
+    return sorted(found, key=lambda c: (c.step, c.created_at))
+
+
+def latest_checkpoint(
+    reg: EntityRegistry, run: RLTrainingRunEntity | EntityRef | str
+) -> CheckpointEntity:
+    """The checkpoint of ``run`` (any of its versions) with the most steps."""
+    found = run_checkpoints(reg, run)
     if not found:
-        raise NotFoundError(f"run {entity.name!r} ({entity.lineage_id}) has no checkpoint")
-    return max(found, key=lambda c: (c.step, c.created_at))
+        raise NotFoundError(f"run {run!r} has no checkpoint")
+    return found[-1]
 
 
 def resume_trainer(

@@ -8,7 +8,7 @@ monitored, seeded vector of environments SB3 trains on.
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -45,24 +45,19 @@ def _factory_path(fn: Callable[..., Any]) -> str | None:
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     if not module or "<" in qualname or module == "__main__":
         return None
+    path = f"{module}:{qualname}"
     try:
-        target: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError):
+        return path if pkgutil.resolve_name(path) is fn else None
+    except (ImportError, AttributeError, ValueError):
         return None
-    return f"{module}:{qualname}" if target is fn else None
 
 
 def _import(path: str) -> Callable[..., gym.Env]:
-    module, _, qualname = path.partition(":")
     try:
-        target: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
+        target: Callable[..., gym.Env] = pkgutil.resolve_name(path)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise EnvCheckError(f"cannot import the environment factory {path!r}: {exc}") from None
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def make_env(spec: EnvSpecEntity, factory: Callable[..., gym.Env] | None = None) -> gym.Env:

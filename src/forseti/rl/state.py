@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -62,12 +63,6 @@ _SKIP_MODEL = frozenset(
 
 #: environment attributes that hold no episode state (gymnasium's registration record)
 _STATELESS = frozenset({"spec", "_cached_spec"})
-
-
-def _recursive_get(obj: Any, name: str) -> Any:
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _plain_attrs(
@@ -149,7 +144,7 @@ def capture(
     for name in names:
         if name == "policy":
             continue  # the weights blob
-        sd = _recursive_get(model, name).state_dict()
+        sd = recursive_getattr(model, name).state_dict()
         if "param_groups" in sd:
             dicts[name] = {"optimizer": _optimizer(packer, name, sd)}
         else:
@@ -158,7 +153,7 @@ def capture(
             dicts[name] = {"module": sorted(sd)}
     tree["state_dicts"] = dicts
     for name in variables:
-        packer.tensors[f"var.{name}"] = _recursive_get(model, name).detach().cpu().clone()
+        packer.tensors[f"var.{name}"] = recursive_getattr(model, name).detach().cpu().clone()
     tree["variables"] = list(variables)
     tree["model"] = _plain_attrs(model, packer, "model", _SKIP_MODEL)
     buffer = getattr(model, "replay_buffer", None)
@@ -220,7 +215,7 @@ def restore(
     except (KeyError, ValueError):
         raise IntegrityError("the RL training state has no readable description") from None
     for name, entry in tree["state_dicts"].items():
-        target = _recursive_get(model, name)
+        target = recursive_getattr(model, name)
         try:
             if "optimizer" in entry:
                 target.load_state_dict(_optimizer_state(name, entry["optimizer"], tensors))
@@ -232,7 +227,7 @@ def restore(
         stored = tensors.get(f"var.{name}")
         if stored is None:
             raise IntegrityError(f"the training state lacks the variable {name!r}")
-        _recursive_get(model, name).data.copy_(stored)
+        recursive_getattr(model, name).data.copy_(stored)
     _set_attrs(model, tree["model"], tensors)
     buffer = getattr(model, "replay_buffer", None)
     if tree["replay_buffer"] is not None and buffer is not None:
