@@ -19,6 +19,9 @@ import forseti as fs
 from forseti.testing.postgres import TemporaryPostgres, postgres_binaries
 
 REQUIRE_PG = os.environ.get("FORSETI_REQUIRE_POSTGRES") == "1"
+# a worker process or subprocess that crashes (a segfault in an extension) prints its threads'
+# tracebacks into the test's output instead of dying silently
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 PERSISTENT = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

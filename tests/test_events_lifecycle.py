@@ -94,3 +94,61 @@ def test_an_unclosed_bus_with_async_handlers_lets_the_process_exit(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_threads_using_new_event_types_at_once_do_not_crash_the_interpreter(
+    tmp_path: Path,
+) -> None:
+    """The first use of an event type builds its msgspec decoder; threads doing that together for
+    one class crashed the process (SIGSEGV inside msgspec) before decoders were built under a
+    lock. Each round defines fresh types, so every round is a first use, from six threads at once
+    (publishing checks a payload by decoding it, reading the log decodes it)."""
+    done = _run(
+        """
+        import sys, threading
+        from typing import Optional
+        import msgspec
+        import forseti as fs
+        from forseti.events import decode_event
+
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        reg = fs.open("memory://")
+        THREADS = 6
+        for k in range(300):
+            Ref = msgspec.defstruct(
+                f"Ref{k}", [("x", int), ("y", "Optional[str]", None)], frozen=True,
+                module=__name__,
+            )
+            Tick = type(f"Tick{k}", (fs.Event,), {
+                "__annotations__": {"n": int, "ref": Optional[Ref], "tags": tuple[str, ...]},
+                "__module__": __name__, "topic": f"tests.lifecycle.Tick{k}", "ref": None,
+                "tags": (),
+            }, frozen=True)
+            start = threading.Barrier(THREADS)
+            failures = []
+
+            def work(i):
+                try:
+                    start.wait()
+                    event = Tick(n=i, ref=Ref(x=i) if i % 2 else None, tags=("a",))
+                    if i % 3 == 0:
+                        payload = msgspec.msgpack.encode(event)
+                        assert decode_event(Tick.topic, payload) == event
+                    else:
+                        reg.bus.publish(event)
+                except BaseException as exc:
+                    failures.append(repr(exc))
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert failures == [], failures
+        reg.close()
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"

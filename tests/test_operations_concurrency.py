@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import queue
 import random
 import signal
 import sqlite3
@@ -285,8 +286,22 @@ def run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> l
     procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
     for p in procs:
         p.start()
+    outcomes: list[Any] = []
+    deadline = time.monotonic() + WAIT * 2
     try:
-        outcomes = [results.get(timeout=WAIT * 2) for _ in procs]
+        while len(outcomes) < len(procs):
+            try:
+                outcomes.append(results.get(timeout=1.0))
+                continue
+            except queue.Empty:
+                pass
+            # a worker that died (a crash, a signal) never reports: fail now, not at the deadline
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"worker process(es) died before reporting: exit codes {dead}"
+            assert time.monotonic() < deadline, (
+                f"{len(procs) - len(outcomes)} worker process(es) still running after "
+                f"{WAIT * 2} s (deadlock?)"
+            )
     finally:
         for p in procs:
             p.join(WAIT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,6 +147,20 @@ def event_types() -> dict[str, type[Event]]:
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders: dict[type[Event], msgspec.msgpack.Decoder[Any]] = {}
+# msgspec builds a struct's type information the first time a Decoder for it is made, and two
+# threads doing that at once for one class can crash the interpreter (segfault, msgspec 0.22):
+# decoders are made under this lock, once per class.
+_decoders_lock = threading.Lock()
+
+
+def _decoder(cls: type[Event]) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        with _decoders_lock:
+            decoder = _decoders.get(cls)
+            if decoder is None:
+                decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls)
+    return decoder
 
 
 def encode_event(event: Event) -> bytes:
@@ -161,11 +176,8 @@ def checked_payload(event: Event) -> bytes:
     """
     payload = _encoder.encode(event)
     cls = type(event)
-    decoder = _decoders.get(cls)
-    if decoder is None:
-        decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls)
     try:
-        decoder.decode(payload)
+        _decoder(cls).decode(payload)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"{cls.__name__} event is ill-typed: {exc}") from None
     return payload
@@ -173,8 +185,4 @@ def checked_payload(event: Event) -> bytes:
 
 def decode_event(topic: str, payload: bytes) -> Event:
     """Rebuild an event from its topic and payload."""
-    cls = event_type(topic)
-    decoder = _decoders.get(cls)
-    if decoder is None:
-        decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls)
-    return cast(Event, decoder.decode(payload))
+    return cast(Event, _decoder(event_type(topic)).decode(payload))
