@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
-import queue
 import random
 import signal
 import sqlite3
@@ -32,6 +31,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from processes import run_processes
 
 import forseti as fs
 from forseti.events import EntityVersionCommitted
@@ -278,39 +278,6 @@ def _increment_process(
     results.put((done, errors))
 
 
-def run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> list[Any]:
-    """Start one spawned process per ``args`` (each gets a shared barrier and result queue)."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(len(args))
-    results = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
-    for p in procs:
-        p.start()
-    outcomes: list[Any] = []
-    deadline = time.monotonic() + WAIT * 2
-    try:
-        while len(outcomes) < len(procs):
-            try:
-                outcomes.append(results.get(timeout=1.0))
-                continue
-            except queue.Empty:
-                pass
-            # a worker that died (a crash, a signal) never reports: fail now, not at the deadline
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"worker process(es) died before reporting: exit codes {dead}"
-            assert time.monotonic() < deadline, (
-                f"{len(procs) - len(outcomes)} worker process(es) still running after "
-                f"{WAIT * 2} s (deadlock?)"
-            )
-    finally:
-        for p in procs:
-            p.join(WAIT)
-            if p.is_alive():  # pragma: no cover - only on a hang
-                p.kill()
-    assert [p.exitcode for p in procs] == [0] * len(procs)
-    return outcomes
-
-
 @pytest.mark.parametrize("policy", POLICIES)
 def test_processes_increment_to_exactly_1000(
     persistent_url: str, tmp_path: Path, policy: str
@@ -324,7 +291,7 @@ def test_processes_increment_to_exactly_1000(
              per_thread[p * THREADS_PER_PROCESS:(p + 1) * THREADS_PER_PROCESS])
             for p in range(PROCESSES)
         ]  # fmt: skip
-        outcomes = run_processes(_increment_process, args)
+        outcomes = run_processes(_increment_process, args, WAIT)
         errors = [e for _, errs in outcomes for e in errs]
         assert errors == []
         done = [d for ds, _ in outcomes for d in ds]
@@ -418,7 +385,7 @@ def test_processes_transfer_and_preserve_the_total(persistent_url: str, tmp_path
         b = reg.add(Account(balance=100)).lineage_id
         args = [(persistent_url, blob_dir, str(a), str(b), p) for p in range(PROCESSES)]
         outcomes = [
-            o for per_process in run_processes(_transfer_process, args) for o in per_process
+            o for per_process in run_processes(_transfer_process, args, WAIT) for o in per_process
         ]
         assert [e for _, _, errs in outcomes for e in errs] == []
         committed = [c for cs, _, _ in outcomes for c in cs]

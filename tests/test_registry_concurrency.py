@@ -8,7 +8,6 @@ equals the number of commits), and every failed attempt was a ConflictError.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import threading
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from processes import run_processes
 
 import forseti as fs
 from forseti.registry import AsyncEntityRegistry
@@ -192,31 +192,13 @@ def _process_worker(
 
 
 def test_processes_commit_with_retry_and_lose_nothing(persistent_url: str, tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
     blob_dir = str(tmp_path / "b")
     with fs.open(persistent_url, blob_dir=blob_dir) as reg:
         lineage_id = reg.add(fs.ModelEntity(name="counter", hidden_size=1)).lineage_id
         # the parent reads the head now, so its cache is warm when the others commit
         assert reg.get(lineage_id).version == 1
-        barrier = ctx.Barrier(PROCESSES)
-        results = ctx.Queue()
-        procs = [
-            ctx.Process(
-                target=_process_worker,
-                args=(persistent_url, blob_dir, str(lineage_id), PROCESS_ROUNDS, barrier, results),
-            )
-            for _ in range(PROCESSES)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            outcomes = [results.get(timeout=WAIT * 2) for _ in procs]
-        finally:
-            for p in procs:
-                p.join(WAIT)
-                if p.is_alive():  # pragma: no cover - only on a hang
-                    p.kill()
-        assert all(p.exitcode == 0 for p in procs)
+        args = [(persistent_url, blob_dir, str(lineage_id), PROCESS_ROUNDS)] * PROCESSES
+        outcomes = run_processes(_process_worker, args, WAIT)
         failures = sum((Counter(f) for _, f in outcomes), Counter())
         assert set(failures) <= {"ConflictError"}, failures
         versions = sorted(v for vs, _ in outcomes for v in vs)
@@ -240,26 +222,9 @@ def _first_open_worker(url: str, blob_dir: str, name: str, barrier: Any, results
 
 def test_processes_racing_to_create_a_store(persistent_url: str, tmp_path: Path) -> None:
     """Several jobs starting at once all open (and so bootstrap) the same empty store."""
-    ctx = mp.get_context("spawn")
     blob_dir = str(tmp_path / "b")
-    barrier = ctx.Barrier(PROCESSES)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_first_open_worker,
-            args=(persistent_url, blob_dir, f"job-{i}", barrier, results),
-        )
-        for i in range(PROCESSES)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        outcomes = [results.get(timeout=WAIT * 2) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(WAIT)
-            if p.is_alive():  # pragma: no cover - only on a hang
-                p.kill()
+    args = [(persistent_url, blob_dir, f"job-{i}") for i in range(PROCESSES)]
+    outcomes = run_processes(_first_open_worker, args, WAIT)
     assert [kind for kind, _ in outcomes] == ["ok"] * PROCESSES, outcomes
     with fs.open(persistent_url, blob_dir=blob_dir) as reg:
         found = reg.find(fs.ModelEntity)
