@@ -30,15 +30,13 @@ def run_processes(
         while len(outcomes) < len(procs):
             try:
                 outcomes.append(results.get(timeout=1.0))
-                continue
-            except queue.Empty:
-                pass
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"worker process(es) died before reporting: exit codes {dead}"
-            assert time.monotonic() < deadline, (
-                f"{len(procs) - len(outcomes)} worker process(es) still running after "
-                f"{wait * 2} s (deadlock?)"
-            )
+            except queue.Empty:  # nothing for a second: has a worker died, or is time up?
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                assert not dead, f"worker process(es) died before reporting: exit codes {dead}"
+                assert time.monotonic() < deadline, (
+                    f"{len(procs) - len(outcomes)} worker process(es) still running after "
+                    f"{wait * 2} s (deadlock?)"
+                )
     finally:
         for p in procs:
             p.join(wait)
